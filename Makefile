@@ -1,0 +1,72 @@
+# aircast: `make run` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+FLINK_VENV := .venv-flink
+# uv through the interpreter: a fresh pip install needs no PATH (or pyenv rehash).
+UV := $(PYTHON) -m uv
+export UV_SYSTEM_CERTS := 1
+# Ray and TensorFlow stay on 127.0.0.1; no usage stats; one auth mode everywhere.
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_AUTH_MODE ?= disabled
+PYTEST_ARGS ?=
+
+.PHONY: help setup system venvs run test check lint typecheck clean stack-up stack-down stack-status
+
+help:
+	@echo "make run    set up, start the local stack, run the pipeline, print the URLs"
+	@echo "make test   set up, then run every test against real servers"
+	@echo "make check  ruff + mypy"
+
+setup: system venvs
+
+system:
+	@bash scripts/setup-system.sh
+
+venvs: $(VENV)/.installed $(FLINK_VENV)/.installed
+
+.PHONY: .uv-bootstrap
+.uv-bootstrap:
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
+
+# The app environment: Ray, TensorFlow and the shared core.
+$(VENV)/.installed: pyproject.toml | .uv-bootstrap
+	@echo "building $(VENV) (ray, tensorflow-cpu, the shared core)"
+	@[ -x $(VENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(VENV)
+	@$(UV) pip install -q --python $(VENV)/bin/python -e '.[app,dev]'
+	@touch $@
+
+# The Flink environment: apache-flink's pins conflict with TensorFlow's, so the job
+# gets its own virtualenv; the shared core is installed into it too.
+$(FLINK_VENV)/.installed: pyproject.toml | .uv-bootstrap
+	@echo "building $(FLINK_VENV) (apache-flink 2.0.1 + Kafka connector, the shared core)"
+	@[ -x $(FLINK_VENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(FLINK_VENV)
+	@$(UV) pip install -q --python $(FLINK_VENV)/bin/python -e '.[flink]'
+	@touch $@
+
+run: setup
+	$(VENV)/bin/aircast run
+
+test: setup
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+stack-up: setup
+	$(VENV)/bin/aircast stack up
+stack-down:
+	$(VENV)/bin/aircast stack down
+stack-status:
+	$(VENV)/bin/aircast stack status
+
+lint:
+	$(VENV)/bin/ruff check aircast actors flink training serve tests benchmarks
+	$(VENV)/bin/ruff format --check aircast actors flink training serve tests benchmarks
+typecheck:
+	$(VENV)/bin/mypy
+check: lint typecheck
+
+clean:
+	-$(VENV)/bin/aircast stack down
+	rm -rf .aircast

@@ -1,0 +1,146 @@
+"""The `aircast` command line: the one entry point that builds the settings.
+
+    aircast stack up | down | status     the local single-machine stack
+    aircast run                          stack up + the pipeline, until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+from rich.table import Table
+
+from aircast.errors import AircastError
+from aircast.settings import Settings, load_settings
+from aircast.stack import control
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    # kafka-python is chatty at INFO about every connection.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def print_urls(info: control.StackInfo) -> None:
+    table = Table(title=f"aircast local stack ({info.state_dir})")
+    table.add_column("service")
+    table.add_column("url")
+    for name, url in sorted(info.urls.items()):
+        table.add_row(name, url)
+    console.print(table)
+
+
+def cmd_stack_up(settings: Settings, args: argparse.Namespace) -> int:
+    services = tuple(args.services.split(",")) if args.services else None
+    with console.status("starting the local stack (redis, kafka, influxdb, ray)..."):
+        info = control.up(settings, services=services)
+    print_urls(info)
+    console.print("stop it with [bold]aircast stack down[/bold]")
+    return 0
+
+
+def cmd_stack_down(settings: Settings, args: argparse.Namespace) -> int:
+    was_up = control.down(settings)
+    console.print("stack stopped" if was_up else "no stack was up; nothing left running")
+    return 0
+
+
+def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
+    report = control.status(settings)
+    table = Table(title="aircast local stack")
+    for col in ("service", "status", "healthy", "pid", "restarts", "urls"):
+        table.add_column(col)
+    for name, info in report.items():
+        table.add_row(
+            name,
+            str(info["status"]),
+            "yes" if info["healthy"] else "[red]NO[/red]",
+            str(info["pid"]),
+            str(info["restarts"]),
+            " ".join(info["urls"].values()),
+        )
+    console.print(table)
+    return 0 if all(i["healthy"] for i in report.values()) else 1
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """Bring the stack up, start the pipeline stages, print URLs; Ctrl-C stops all."""
+    stop = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    info = control.running(settings.stack.state_dir.resolve())
+    started_here = info is None
+    if info is None:
+        with console.status("starting the local stack..."):
+            info = control.up(settings)
+    settings = load_settings(args.config)
+    print_urls(info)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        console.print("pipeline running; press Ctrl-C to stop")
+        while not stop:
+            if args.once:
+                break
+            time.sleep(0.5)
+    finally:
+        if started_here and not args.keep:
+            with console.status("stopping the local stack..."):
+                control.down(settings)
+            console.print("stack stopped; nothing left running")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aircast", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=None, help="YAML settings file")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="the local single-machine stack")
+    stack_sub = stack.add_subparsers(dest="stack_command", required=True)
+    p = stack_sub.add_parser("up", help="start redis, kafka (tansu), influxdb and ray")
+    p.add_argument("--services", default=None, help="comma-separated subset")
+    p.set_defaults(func=cmd_stack_up)
+    stack_sub.add_parser("down", help="stop everything").set_defaults(func=cmd_stack_down)
+    stack_sub.add_parser("status", help="health and URLs").set_defaults(func=cmd_stack_status)
+
+    p = sub.add_parser("run", help="stack up + pipeline until Ctrl-C")
+    p.add_argument("--once", action="store_true", help="start, report, stop (smoke test)")
+    p.add_argument("--keep", action="store_true", help="leave the stack up on exit")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        _setup_logging(settings.log_level)
+        func: Callable[[Settings, argparse.Namespace], int] = args.func
+        return func(settings, args)
+    except AircastError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

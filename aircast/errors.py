@@ -1,0 +1,48 @@
+"""The exception tree of aircast.
+
+    AircastError
+    ├── ConfigError          settings that cannot be built or are inconsistent
+    ├── StackError           the local stack cannot start, is already up, or is unhealthy
+    ├── StorageError         InfluxDB refused or could not be reached
+    │   └── BackpressureError  the server asked us to slow down (HTTP 429/503); retry later
+    └── InvalidRecord        one input record cannot be used; carries a dead-letter reason
+"""
+
+from __future__ import annotations
+
+
+class AircastError(Exception):
+    """Root of every error aircast raises on purpose."""
+
+
+class ConfigError(AircastError):
+    """Settings cannot be built."""
+
+
+class StackError(AircastError):
+    """The local stack cannot do what was asked."""
+
+
+class StorageError(AircastError):
+    """InfluxDB refused a request or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BackpressureError(StorageError):
+    """The storage asked us to slow down; the caller pauses ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float, status: int | None = None) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
+
+
+class InvalidRecord(AircastError):
+    """A record that cannot be used; ``reason`` is a short stable code for counters."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,225 @@
+"""InfluxDB through the one API every version speaks: line protocol on ``/write``,
+InfluxQL on ``/query`` (the v1 HTTP API of 1.x, the v1 compatibility API of 2.x, and
+3.x). Flux is deliberately not used: 3.x dropped it.
+
+Auth: username/password as Basic auth (1.x), or a token as ``Authorization: Token``
+(2.x/3.x). Transient failures (connection errors, 5xx) are retried with exponential
+backoff; 429/503 surface as :class:`BackpressureError` with ``retry_after`` once the
+retries are spent; any other refusal is a :class:`StorageError` carrying the server's
+own message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import httpx
+
+from aircast.errors import BackpressureError, StorageError
+from aircast.settings import InfluxSettings
+
+log = logging.getLogger(__name__)
+
+_BACKPRESSURE = {429, 503}
+
+
+def quote_ident(name: str) -> str:
+    """An InfluxQL identifier in double quotes."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_str(value: str) -> str:
+    """An InfluxQL string literal in single quotes."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class InfluxV1:
+    """A small synchronous client; one per actor/process, reused for every batch."""
+
+    def __init__(self, settings: InfluxSettings, *, client: httpx.Client | None = None) -> None:
+        self.settings = settings
+        headers: dict[str, str] = {}
+        auth: tuple[str, str] | None = None
+        if settings.token is not None:
+            headers["Authorization"] = f"Token {settings.token.get_secret_value()}"
+        elif settings.username and settings.password is not None:
+            auth = (settings.username, settings.password.get_secret_value())
+        self._http = client or httpx.Client(
+            base_url=settings.url.rstrip("/"),
+            headers=headers,
+            auth=auth,
+            timeout=settings.timeout_s,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> InfluxV1:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- low level ---------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        attempts = self.settings.retries + 1
+        delay = self.settings.backoff_s
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if attempt == attempts:
+                    raise StorageError(
+                        f"InfluxDB at {self.settings.url} unreachable after {attempts} "
+                        f"attempts: {exc}"
+                    ) from exc
+                log.warning(
+                    "influx unreachable attempt=%d/%d retry_in=%.1fs error=%s",
+                    attempt, attempts, delay, exc,
+                )
+            else:
+                status = response.status_code
+                if status < 400:
+                    return response
+                message = _error_text(response)
+                if status in _BACKPRESSURE or status >= 500:
+                    if attempt == attempts:
+                        if status in _BACKPRESSURE:
+                            retry_after = float(response.headers.get("Retry-After", delay))
+                            raise BackpressureError(
+                                f"InfluxDB asks to slow down ({status}): {message}",
+                                retry_after=retry_after,
+                                status=status,
+                            )
+                        raise StorageError(f"InfluxDB failed ({status}): {message}", status)
+                    log.warning(
+                        "influx status=%d attempt=%d/%d retry_in=%.1fs error=%s",
+                        status, attempt, attempts, delay, message,
+                    )
+                else:
+                    raise StorageError(f"InfluxDB refused ({status}): {message}", status)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- API ---------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        """True when the server answers ``/ping`` (no retries: a health probe)."""
+        try:
+            return self._http.get("/ping", timeout=2.0).status_code == 204
+        except httpx.TransportError:
+            return False
+
+    def write(
+        self,
+        lines: Sequence[str] | bytes,
+        database: str,
+        *,
+        precision: str = "ns",
+        retention_policy: str | None = None,
+    ) -> None:
+        """Write one batch of line protocol; raises unless the server acknowledged it."""
+        body = lines if isinstance(lines, bytes) else "\n".join(lines).encode("utf-8")
+        if not body:
+            return
+        params = {"db": database, "precision": precision}
+        if retention_policy:
+            params["rp"] = retention_policy
+        self._request("POST", "/write", params=params, content=body)
+
+    def query(self, q: str, database: str | None = None, *, epoch: str | None = None
+              ) -> list[dict[str, Any]]:
+        """Run InfluxQL; returns the ``series`` of every statement, flattened.
+
+        A statement error (e.g. a syntax error) is a :class:`StorageError`.
+        """
+        params: dict[str, str] = {"q": q}
+        if database:
+            params["db"] = database
+        if epoch:
+            params["epoch"] = epoch
+        # POST: InfluxQL that changes state (CREATE, DROP) must not be a GET.
+        payload = self._request("POST", "/query", data=params).json()
+        series: list[dict[str, Any]] = []
+        for result in payload.get("results", []):
+            if "error" in result:
+                raise StorageError(f"InfluxQL error: {result['error']} (query: {q})")
+            series.extend(result.get("series", []))
+        return series
+
+    def rows(self, q: str, database: str | None = None, *, epoch: str | None = None
+             ) -> list[dict[str, Any]]:
+        """Run InfluxQL and return every row as a dict (tags merged in)."""
+        out: list[dict[str, Any]] = []
+        for s in self.query(q, database, epoch=epoch):
+            tags = s.get("tags", {})
+            for values in s.get("values", []):
+                row = dict(zip(s["columns"], values, strict=True))
+                row.update(tags)
+                out.append(row)
+        return out
+
+    def create_database(self, name: str, retention: str = "INF") -> None:
+        """Create a database with an ``aircast`` default retention policy (idempotent)."""
+        self.query(f"CREATE DATABASE {quote_ident(name)}")
+        duration = "INF" if retention.upper() == "INF" else retention
+        # CREATE RETENTION POLICY fails if it exists with other settings; ALTER covers it.
+        existing = {
+            row["name"] for row in self.rows(f"SHOW RETENTION POLICIES ON {quote_ident(name)}")
+        }
+        verb = "ALTER" if "aircast" in existing else "CREATE"
+        self.query(
+            f"{verb} RETENTION POLICY aircast ON {quote_ident(name)} "
+            f"DURATION {duration} REPLICATION 1 DEFAULT"
+        )
+
+    def ensure_databases(self) -> None:
+        """Every database aircast writes, with its retention (no manual step)."""
+        if not self.settings.manage_databases:
+            return
+        s = self.settings
+        for name, retention in (
+            (s.raw_database, s.raw_retention),
+            (s.aggregates_database, s.aggregates_retention),
+            (s.predictions_database, s.predictions_retention),
+        ):
+            self.create_database(name, retention)
+            log.info("influx database ready db=%s retention=%s", name, retention)
+
+    def databases(self) -> list[str]:
+        return [row["name"] for row in self.rows("SHOW DATABASES")]
+
+    def count(self, measurement: str, database: str, where: str = "") -> int:
+        """Number of points of ``measurement`` (its ``value`` field)."""
+        clause = f" WHERE {where}" if where else ""
+        rows = self.rows(
+            f"SELECT count(\"value\") FROM {quote_ident(measurement)}{clause}", database
+        )
+        return int(rows[0]["count"]) if rows else 0
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text.strip()[:500]
+    if isinstance(payload, dict) and "error" in payload:
+        return str(payload["error"])
+    return response.text.strip()[:500]
+
+
+def line_batches(lines: Iterable[str], size: int) -> Iterable[list[str]]:
+    """Split lines into lists of at most ``size``."""
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

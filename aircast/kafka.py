@@ -1,0 +1,87 @@
+"""Kafka clients built from the settings (kafka-python).
+
+Locally the broker is tansu (Kafka wire compatible, in memory); in production a real
+Kafka cluster (Strimzi). Nothing here is tansu-specific.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from aircast.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+def connection_options(settings: KafkaSettings) -> dict[str, Any]:
+    """The options every kafka-python client shares."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers.split(","),
+        "security_protocol": settings.security_protocol,
+        "client_id": settings.client_id,
+    }
+    if settings.sasl_mechanism:
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        if settings.sasl_password is not None:
+            options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return options
+
+
+def producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    """A producer that waits for every replica (``acks=all``) and retries."""
+    options = connection_options(settings)
+    options.update(acks="all", retries=5, linger_ms=5, batch_size=256 * 1024)
+    options.update(overrides)
+    return KafkaProducer(**options)
+
+
+def consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> KafkaConsumer:
+    """A consumer with manual commits: callers commit only after a good flush."""
+    options = connection_options(settings)
+    options.update(enable_auto_commit=False, auto_offset_reset="earliest")
+    options.update(overrides)
+    return KafkaConsumer(*topics, **options)
+
+
+def admin(settings: KafkaSettings) -> KafkaAdminClient:
+    return KafkaAdminClient(**connection_options(settings))
+
+
+def all_topics(settings: KafkaSettings) -> tuple[str, ...]:
+    return (
+        settings.raw_topic,
+        settings.readings_topic,
+        settings.aggregates_topic,
+        settings.dead_letter_topic,
+    )
+
+
+def ensure_topics(settings: KafkaSettings, topics: Iterable[str] | None = None) -> None:
+    """Create the topics that do not exist yet (idempotent)."""
+    wanted = list(topics) if topics is not None else list(all_topics(settings))
+    client = admin(settings)
+    try:
+        existing = set(client.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        if not missing:
+            return
+        try:
+            client.create_topics(
+                [
+                    NewTopic(t, settings.partitions, settings.replication_factor)
+                    for t in missing
+                ]
+            )
+        except TopicAlreadyExistsError:
+            pass  # another process won the race; the topic is there, which is all we need
+        for t in missing:
+            log.info("kafka topic ready topic=%s partitions=%d", t, settings.partitions)
+    finally:
+        client.close()

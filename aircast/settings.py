@@ -1,0 +1,219 @@
+"""One frozen settings object for every stage.
+
+Built once at an entry point (CLI command, Ray job, Flink job, Serve app) and passed
+down; nothing in the project reads the environment anywhere else.
+
+Sources, lowest to highest precedence:
+
+1. the defaults below (a single-machine stack on 127.0.0.1),
+2. a YAML file: ``--config PATH``, else ``$AIRCAST_CONFIG``, else the file the local
+   stack writes (``<state_dir>/stack.yaml``) when a local stack is up,
+3. environment variables ``AIRCAST_<SECTION>__<FIELD>``, e.g.
+   ``AIRCAST_KAFKA__BOOTSTRAP_SERVERS=kafka:9092`` or ``AIRCAST_INFLUX__TOKEN=...``.
+
+The same object therefore points every stage at a real deployment (a Kafka cluster,
+InfluxDB 2.x/3.x with a token, Redis with a password) with no code change.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from aircast.errors import ConfigError
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+# The YAML layer of the settings being built by `load_settings` (below env vars).
+_YAML_LAYER: ContextVar[dict[str, Any]] = ContextVar("aircast_yaml_layer", default={})
+
+
+class _YamlLayer(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _YAML_LAYER.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_YAML_LAYER.get())
+
+
+class KafkaSettings(BaseModel):
+    model_config = _FROZEN
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    client_id: str = "aircast"
+    # Topics. One raw topic keyed by sensor; readings go to one keyed topic per
+    # the processing job's choice; everything rejected goes to one dead-letter topic.
+    raw_topic: str = "aircast.raw"
+    readings_topic: str = "aircast.readings"
+    aggregates_topic: str = "aircast.aggregates"
+    dead_letter_topic: str = "aircast.dead-letter"
+    partitions: int = Field(default=4, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+
+class InfluxSettings(BaseModel):
+    model_config = _FROZEN
+
+    url: str = "http://127.0.0.1:8086"
+    # InfluxDB 1.x: Basic auth with username/password. InfluxDB 2.x/3.x through
+    # the v1 compatibility API: a token (sent as ``Authorization: Token ...``).
+    username: str | None = "aircast"
+    password: SecretStr | None = SecretStr("aircast-local")
+    token: SecretStr | None = None
+    raw_database: str = "aircast_raw"
+    raw_retention: str = "30d"
+    aggregates_database: str = "aircast_aggregates"
+    aggregates_retention: str = "INF"
+    predictions_database: str = "aircast_predictions"
+    predictions_retention: str = "90d"
+    timeout_s: float = Field(default=10.0, gt=0)
+    retries: int = Field(default=5, ge=0)
+    backoff_s: float = Field(default=0.5, gt=0)
+    # The write path manages databases itself only where it may (InfluxDB 1.x);
+    # on 2.x/3.x the deployment provisions buckets and DBRP mappings.
+    manage_databases: bool = True
+
+
+class RedisSettings(BaseModel):
+    model_config = _FROZEN
+
+    url: str = "redis://127.0.0.1:6379/0"
+    password: SecretStr | None = None
+    key_prefix: str = "aircast:"
+
+
+class RaySettings(BaseModel):
+    model_config = _FROZEN
+
+    # "auto" joins the cluster the job runs in; a local stack writes its own address.
+    address: str = "auto"
+    dashboard_url: str = "http://127.0.0.1:8265"
+    namespace: str = "aircast"
+    # One auth mode for the cluster and for `ray job submit`.
+    auth_mode: Literal["disabled", "token"] = "disabled"
+
+
+class StackSettings(BaseModel):
+    """Where the local single-machine stack keeps its data, logs and state."""
+
+    model_config = _FROZEN
+
+    state_dir: Path = Path(".aircast")
+    # Preferred ports; a taken port is replaced by a free one at `stack up`.
+    redis_port: int = 6379
+    kafka_port: int = 9092
+    influx_port: int = 8086
+    ray_port: int = 6380
+    ray_dashboard_port: int = 8265
+    services: tuple[str, ...] = ("redis", "kafka", "influxdb", "ray")
+    startup_timeout_s: float = Field(default=90.0, gt=0)
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(s.strip() for s in value.split(",") if s.strip())
+        return value
+
+
+class DataSettings(BaseModel):
+    model_config = _FROZEN
+
+    # Real sensor.community data shipped beside the repo (never copied into it).
+    shared_dir: Path = Path("../shared/data")
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.shared_dir / "sensor-community" / "archive"
+
+    @property
+    def feed_sample(self) -> Path:
+        return self.shared_dir / "sensor-community" / "static-v1-data-sample-2019-04-16.json"
+
+
+class Settings(BaseSettings):
+    """The root settings object; frozen, so it can be shared across actors safely."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIRCAST_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    influx: InfluxSettings = InfluxSettings()
+    redis: RedisSettings = RedisSettings()
+    ray: RaySettings = RaySettings()
+    stack: StackSettings = StackSettings()
+    data: DataSettings = DataSettings()
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Code (tests, CLI flags) beats the environment, which beats the YAML file.
+        return (init_settings, env_settings, _YamlLayer(settings_cls))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
+    return loaded
+
+
+def stack_file(state_dir: Path) -> Path:
+    """The settings overlay a running local stack writes (its real ports)."""
+    return state_dir / "stack.yaml"
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings at an entry point.
+
+    ``config`` (or ``$AIRCAST_CONFIG``) is read as YAML; without either, a running
+    local stack's ``stack.yaml`` is used so every command finds the stack.
+    ``overrides`` win over both (for CLI flags).
+    """
+    data: dict[str, Any] = {}
+    env_config = os.environ.get("AIRCAST_CONFIG")
+    path = config or (Path(env_config) if env_config else None)
+    if path is not None:
+        data = _read_yaml(path)
+    else:
+        state_dir = Path(
+            os.environ.get("AIRCAST_STACK__STATE_DIR", str(StackSettings().state_dir))
+        )
+        local = stack_file(state_dir)
+        if local.is_file():
+            data = _read_yaml(local)
+    token = _YAML_LAYER.set(data)
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+    finally:
+        _YAML_LAYER.reset(token)

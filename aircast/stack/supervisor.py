@@ -1,0 +1,280 @@
+"""The stack supervisor: a detached process that owns every service of the local stack.
+
+``aircast stack up`` writes ``plan.json`` and starts ``python -m aircast.stack.supervisor
+STATE_DIR``. The supervisor starts each service in its own process group, waits for it
+to be healthy, then watches: a service that exits unexpectedly is restarted (with
+backoff, at most ``MAX_RESTARTS`` in ``RESTART_WINDOW_S``). On SIGTERM or SIGINT it
+stops the services in reverse order (SIGTERM to the whole group, SIGKILL after a grace
+period) and removes its state file, so nothing is left behind.
+
+State is published in ``state.json`` (written atomically) for ``stack status``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from aircast.stack.services import Plan, Service, build_services
+
+log = logging.getLogger("aircast.stack")
+
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 300.0
+STOP_GRACE_S = 15.0
+
+
+def state_path(state_dir: Path) -> Path:
+    return state_dir / "state.json"
+
+
+def plan_path(state_dir: Path) -> Path:
+    return state_dir / "plan.json"
+
+
+def write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _group_alive(pid: int, process: subprocess.Popen[bytes] | None) -> bool:
+    if process is not None:
+        process.poll()  # reap the leader: a zombie would keep the group "alive"
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_group(pid: int, process: subprocess.Popen[bytes] | None, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not _group_alive(pid, process):
+            return True
+        time.sleep(0.1)
+    return not _group_alive(pid, process)
+
+
+def kill_group(
+    pid: int, grace_s: float = STOP_GRACE_S, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Stop the process group led by ``pid``.
+
+    SIGTERM goes to the leader first, so a parent that shuts its children down in order
+    (``ray start --block``) can; then to the whole group; SIGKILL to whatever outlives
+    the grace period. ``process`` is the leader when it is our child, reaped while we wait.
+    """
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if process is not None:
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    if _wait_group(pid, process, 1.0 if process is not None else grace_s):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    if _wait_group(pid, process, 3.0):
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    _wait_group(pid, process, 5.0)
+
+
+@dataclass
+class Running:
+    service: Service
+    process: subprocess.Popen[bytes] | None = None
+    status: str = "starting"
+    restarts: list[float] = field(default_factory=list)
+    started_at: float = 0.0
+
+
+class Supervisor:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.running = [Running(s) for s in build_services(plan)]
+        self.stopping = False
+        self.ready = False
+        self.error: str | None = None
+
+    # -- processes ---------------------------------------------------------------
+
+    def _spawn(self, item: Running) -> None:
+        service = item.service
+        if service.prepare is not None:
+            service.prepare()
+        self.plan.logs.mkdir(parents=True, exist_ok=True)
+        logfile = open(self.plan.logs / f"{service.name}.log", "ab")  # noqa: SIM115
+        env = {**os.environ, **service.env}
+        item.process = subprocess.Popen(
+            service.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.plan.state_dir,
+            start_new_session=True,  # its own group: one killpg stops all its children
+        )
+        logfile.close()
+        item.started_at = time.monotonic()
+        item.status = "starting"
+        log.info("service started name=%s pid=%d", service.name, item.process.pid)
+
+    def _wait_healthy(self, item: Running, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.stopping:
+            if item.process is not None and item.process.poll() is not None:
+                return False
+            if item.service.health():
+                item.status = "healthy"
+                return True
+            time.sleep(0.2)
+        return False
+
+    def _publish(self) -> None:
+        write_json(
+            state_path(self.plan.state_dir),
+            {
+                "supervisor_pid": os.getpid(),
+                "ready": self.ready,
+                "error": self.error,
+                "services": {
+                    r.service.name: {
+                        "pid": r.process.pid if r.process else None,
+                        "status": r.status,
+                        "restarts": len(r.restarts),
+                        "urls": r.service.urls,
+                    }
+                    for r in self.running
+                },
+            },
+        )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self, timeout_s: float) -> bool:
+        for item in self.running:
+            self._spawn(item)
+            self._publish()
+            if not self._wait_healthy(item, timeout_s):
+                code = item.process.poll() if item.process else None
+                self.error = (
+                    f"{item.service.name} did not become healthy within {timeout_s:.0f}s"
+                    + (f" (exited with {code})" if code is not None else "")
+                    + f"; see {self.plan.logs / (item.service.name + '.log')}"
+                )
+                item.status = "failed"
+                log.error("service failed name=%s error=%s", item.service.name, self.error)
+                self._publish()
+                return False
+            log.info("service healthy name=%s urls=%s", item.service.name, item.service.urls)
+            self._publish()
+        self.ready = True
+        self._publish()
+        return True
+
+    def watch(self, timeout_s: float) -> None:
+        while not self.stopping:
+            for item in self.running:
+                if self.stopping or item.process is None:
+                    break
+                code = item.process.poll()
+                if code is None:
+                    continue
+                now = time.monotonic()
+                item.restarts = [t for t in item.restarts if now - t < RESTART_WINDOW_S]
+                if len(item.restarts) >= MAX_RESTARTS:
+                    item.status = "failed"
+                    log.error(
+                        "service gave up name=%s exit=%s restarts=%d",
+                        item.service.name, code, len(item.restarts),
+                    )
+                    self._publish()
+                    continue
+                kill_group(item.process.pid, grace_s=2.0, process=item.process)  # reap any orphaned children
+                item.restarts.append(now)
+                log.warning(
+                    "service exited name=%s exit=%s restarting attempt=%d",
+                    item.service.name, code, len(item.restarts),
+                )
+                time.sleep(min(2 ** len(item.restarts) * 0.25, 5.0))
+                self._spawn(item)
+                self._publish()
+                ok = self._wait_healthy(item, timeout_s)
+                item.status = "healthy" if ok else "unhealthy"
+                self._publish()
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.stopping = True
+        for item in reversed(self.running):
+            if item.process is None:
+                continue
+            log.info("service stopping name=%s pid=%d", item.service.name, item.process.pid)
+            kill_group(item.process.pid, process=item.process)
+            item.status = "stopped"
+        state_path(self.plan.state_dir).unlink(missing_ok=True)
+        log.info("stack stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "--detach":
+        # Classic daemon: the caller's child exits at once (nothing left to reap) and
+        # the supervisor lives on in its own session, adopted by init.
+        args = args[1:]
+        child = os.fork()
+        if child > 0:
+            print(child, flush=True)
+            os._exit(0)
+        os.setsid()
+        # Let go of the caller's stdout pipe (it waits for EOF); logs go to stderr.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    state_dir = Path(args[0])
+    timeout_s = float(args[1]) if len(args) > 1 else 90.0
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    plan = Plan.from_json(json.loads(plan_path(state_dir).read_text(encoding="utf-8")))
+    supervisor = Supervisor(plan)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        supervisor.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        if supervisor.start(timeout_s):
+            supervisor.watch(timeout_s)
+        else:
+            # Stay until told to stop so `up` can read the error; then clean up.
+            while not supervisor.stopping:
+                time.sleep(0.2)
+    finally:
+        supervisor.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Session fixtures: one real local stack (redis-server, tansu, influxd, Ray head) for
+the whole test session, in a temporary state folder, on free ports; fresh names
+(topics, databases, Redis key prefixes) per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Ray: stats off, loopback only, one auth mode.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from aircast.settings import Settings, StackSettings  # noqa: E402
+from aircast.stack import control  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def stack_settings(stack_dir: Path) -> Iterator[Settings]:
+    """Settings pointing at a running stack started for this test session."""
+    base = Settings(stack=StackSettings(state_dir=stack_dir))
+    control.up(base)
+    try:
+        yield control.load_stack_settings(base, stack_dir.resolve())
+    finally:
+        control.down(base)
+
+
+@pytest.fixture()
+def topic() -> str:
+    return unique("topic")
+
+
+@pytest.fixture()
+def database() -> str:
+    return unique("db")
+
+
+@pytest.fixture()
+def key_prefix() -> str:
+    return unique("test") + ":"
+
+
+@pytest.fixture(autouse=True)
+def _no_developer_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`load_settings()` must not pick up a developer's own running stack."""
+    monkeypatch.setenv("AIRCAST_STACK__STATE_DIR", str(tmp_path / "no-stack"))
+    monkeypatch.delenv("AIRCAST_CONFIG", raising=False)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from aircast.errors import ConfigError
+from aircast.measures import BY_NAME, MEASURES, measure
+from aircast.settings import Settings, load_settings
+
+
+def test_defaults_point_at_loopback() -> None:
+    s = Settings()
+    assert s.kafka.bootstrap_servers.startswith("127.0.0.1")
+    assert s.influx.url.startswith("http://127.0.0.1")
+
+
+def test_env_beats_yaml_and_nests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "aircast.yaml"
+    config.write_text(
+        "kafka:\n  bootstrap_servers: kafka-a:9092\n  raw_topic: from-yaml\n"
+        "influx:\n  url: https://influx.example:8086\n  token: yaml-token\n"
+    )
+    monkeypatch.setenv("AIRCAST_KAFKA__BOOTSTRAP_SERVERS", "kafka-b:9093")
+    monkeypatch.setenv("AIRCAST_REDIS__PASSWORD", "s3cret")
+    s = load_settings(config)
+    assert s.kafka.bootstrap_servers == "kafka-b:9093"  # env wins
+    assert s.kafka.raw_topic == "from-yaml"  # yaml kept where env is silent
+    assert s.influx.token is not None and s.influx.token.get_secret_value() == "yaml-token"
+    assert s.redis.password is not None and s.redis.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(s) and "yaml-token" not in repr(s)
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings()
+    with pytest.raises(ValidationError):
+        s.kafka.raw_topic = "other"  # type: ignore[misc]
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka: [1, 2")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("kafka:\n  bootstrap: x\n")
+    with pytest.raises(ConfigError, match="bootstrap"):
+        load_settings(unknown)
+
+
+def test_services_from_env_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRCAST_STACK__SERVICES", '["redis","kafka"]')
+    assert load_settings().stack.services == ("redis", "kafka")
+
+
+def test_measure_table_is_defined_once_and_sane() -> None:
+    assert len(BY_NAME) == len(MEASURES)
+    for m in MEASURES:
+        assert m.low < m.high, m
+        assert m.accepts(m.low) and m.accepts(m.high)
+        assert not m.accepts(m.high + 1) and not m.accepts(m.low - 1)
+    assert measure("humidity").accepts(100.0)  # saturated air is a real reading
+    assert measure("temperature").accepts(-35.0) and measure("temperature").accepts(45.0)
+    assert not measure("P1").accepts(1999.0)
+    with pytest.raises(KeyError, match="known"):
+        measure("P3")

@@ -1,0 +1,243 @@
+"""The local stack: each service round-trips data through the project's own clients,
+a second `up` is refused, a taken port is replaced, a crashed service is restarted,
+and `down` (or Ctrl-C on `aircast run`) leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from influxdb_client import Point, WritePrecision
+
+from aircast.cache import key, redis_client
+from aircast.errors import StackError, StorageError
+from aircast.influx import InfluxV1
+from aircast.kafka import consumer, ensure_topics, producer
+from aircast.settings import InfluxSettings, Settings, StackSettings
+from aircast.stack import control
+
+from .conftest import REPO
+
+
+def test_redis_hash_roundtrip(stack_settings: Settings, key_prefix: str) -> None:
+    r = redis_client(stack_settings.redis)
+    k = key(stack_settings.redis, key_prefix, "location", "220")
+    r.hset(k, mapping={"city": "Esslingen", "country": "Germany"})
+    assert r.hgetall(k) == {"city": "Esslingen", "country": "Germany"}
+    r.delete(k)
+
+
+def test_kafka_produce_consume_with_group(stack_settings: Settings, topic: str) -> None:
+    ensure_topics(stack_settings.kafka, [topic])
+    ensure_topics(stack_settings.kafka, [topic])  # idempotent
+    prod = producer(stack_settings.kafka)
+    for i in range(50):
+        prod.send(topic, key=str(i % 5).encode(), value=f"m{i}".encode())
+    prod.flush()
+    prod.close()
+
+    group = f"g-{topic}"
+    # tansu waits for the rebalance timeout (max_poll_interval_ms) on a group join.
+    opts = {"group_id": group, "max_poll_interval_ms": 3000, "session_timeout_ms": 6000}
+    c = consumer(stack_settings.kafka, topic, **opts)
+    seen: list[bytes] = []
+    deadline = time.monotonic() + 60
+    while len(seen) < 50 and time.monotonic() < deadline:
+        for records in c.poll(timeout_ms=500).values():
+            seen.extend(r.value for r in records)
+    c.commit()
+    c.close()
+    assert sorted(seen) == sorted(f"m{i}".encode() for i in range(50))
+
+    # The same group resumes after its committed offsets: nothing is read twice.
+    c = consumer(stack_settings.kafka, topic, **opts)
+    again: list[bytes] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for records in c.poll(timeout_ms=500).values():
+            again.extend(r.value for r in records)
+        if c.assignment():
+            break
+    for records in c.poll(timeout_ms=1000).values():
+        again.extend(r.value for r in records)
+    c.close()
+    assert again == []
+
+
+def test_influx_line_protocol_roundtrip(stack_settings: Settings, database: str) -> None:
+    start = int(time.time()) - 3600
+    with InfluxV1(stack_settings.influx) as influx:
+        influx.create_database(database, "7d")
+        influx.create_database(database, "14d")  # idempotent, retention updated
+        lines = [
+            Point("P1")
+            .tag("sensor_id", "468")
+            .tag("city", "Aberdeen")
+            .field("value", 12.5 + i)
+            .time(start + 60 * i, WritePrecision.S)
+            .to_line_protocol()
+            for i in range(10)
+        ]
+        influx.write(lines, database, precision="s")
+        influx.write(lines, database, precision="s")  # same series+time: overwrite
+        rows = influx.rows('SELECT "value", "city" FROM "P1" ORDER BY time', database,
+                           epoch="s")
+        assert [r["value"] for r in rows] == [12.5 + i for i in range(10)]
+        assert rows[0]["time"] == start and rows[0]["city"] == "Aberdeen"
+        assert influx.count("P1", database) == 10
+        policies = influx.rows(f'SHOW RETENTION POLICIES ON "{database}"')
+        assert any(p["name"] == "aircast" and p["duration"] == "336h0m0s" for p in policies)
+        assert stack_settings.influx.raw_database in influx.databases()
+        # A point older than the retention is refused, loudly (never dropped silently).
+        old = Point("P1").tag("sensor_id", "1").field("value", 1.0).time(1_555_424_572,
+                                                                           WritePrecision.S)
+        with pytest.raises(StorageError, match="beyond retention"):
+            influx.write([old.to_line_protocol()], database, precision="s")
+
+
+def test_influx_refusals_are_clear_errors(stack_settings: Settings, database: str) -> None:
+    with InfluxV1(stack_settings.influx) as influx:
+        influx.create_database(database)
+        with pytest.raises(StorageError, match="unable to parse") as info:
+            influx.write(["P1,sensor_id=1 value="], database)
+        assert info.value.status == 400
+        with pytest.raises(StorageError, match="error parsing query"):
+            influx.query("SELEKT 1", database)
+        with pytest.raises(StorageError, match="InfluxQL error"):
+            influx.query('SELECT "value" FROM "P1"', "no_such_database")
+    wrong = stack_settings.influx.model_copy(update={"password": None, "username": None})
+    with InfluxV1(wrong) as influx, pytest.raises(StorageError) as info:
+        influx.query("SHOW DATABASES")
+    assert info.value.status == 401
+    dead = InfluxSettings(url="http://127.0.0.1:9", retries=1, backoff_s=0.05)
+    with InfluxV1(dead) as influx, pytest.raises(StorageError, match="unreachable"):
+        influx.write(["m value=1"], "x")
+
+
+def test_ray_task_on_the_stack(stack_settings: Settings) -> None:
+    import ray
+
+    ray.init(address=stack_settings.ray.address, namespace="aircast-test",
+             log_to_driver=False)
+    try:
+        @ray.remote
+        def square(x: int) -> int:
+            return x * x
+
+        assert ray.get([square.remote(i) for i in range(5)]) == [0, 1, 4, 9, 16]
+        assert ray.cluster_resources()["CPU"] >= 2
+    finally:
+        ray.shutdown()
+
+
+def test_status_reports_every_service_healthy(stack_settings: Settings) -> None:
+    report = control.status(stack_settings)
+    assert set(report) == {"redis", "kafka", "influxdb", "ray"}
+    assert all(info["healthy"] for info in report.values()), report
+
+
+def test_second_up_is_refused(stack_settings: Settings) -> None:
+    with pytest.raises(StackError, match="already up"):
+        control.up(stack_settings)
+
+
+def _mini(tmp_path: Path, **stack: object) -> Settings:
+    return Settings(stack=StackSettings(
+        state_dir=tmp_path / "mini", services=("redis", "kafka", "influxdb"), **stack))
+
+
+def test_taken_port_is_replaced_and_down_leaves_nothing(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        settings = _mini(tmp_path, redis_port=taken)
+        info = control.up(settings)
+        try:
+            port = int(info.urls["redis"].rsplit(":", 1)[1].split("/")[0])
+            assert port != taken
+            stack = control.load_stack_settings(settings, settings.stack.state_dir.resolve())
+            assert redis_client(stack.redis).ping()
+            assert control.stack_processes(settings.stack.state_dir)
+        finally:
+            assert control.down(settings)
+    assert control.stack_processes(settings.stack.state_dir) == []
+    assert control.running(settings.stack.state_dir.resolve()) is None
+    assert not control.down(settings)  # a second down is a no-op
+
+
+def test_crashed_service_is_restarted(tmp_path: Path) -> None:
+    settings = _mini(tmp_path)
+    control.up(settings)
+    try:
+        pid = control.status(settings)["redis"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            report = control.status(settings)["redis"]
+            if report["restarts"] == 1 and report["healthy"] and report["pid"] != pid:
+                break
+            time.sleep(0.3)
+        assert report["restarts"] == 1 and report["healthy"], report
+    finally:
+        control.down(settings)
+    assert control.stack_processes(settings.stack.state_dir) == []
+
+
+def test_aircast_run_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    state = tmp_path / "run-stack"
+    env = {**os.environ, "AIRCAST_STACK__STATE_DIR": str(state),
+           "AIRCAST_STACK__SERVICES": '["redis","kafka","influxdb"]'}
+    proc = subprocess.Popen([sys.executable, "-m", "aircast.cli", "run"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Ctrl-C" in line:
+            break
+    else:
+        proc.wait()
+        pytest.fail("aircast run ended early:\n" + "".join(lines))
+    assert any("influxdb" in line and "http://127.0.0.1:" in line for line in lines)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "nothing left running" in out
+    assert control.stack_processes(state) == []
+
+
+@pytest.mark.flink
+def test_shared_core_imports_in_the_flink_venv() -> None:
+    flink_python = REPO / ".venv-flink" / "bin" / "python"
+    code = (
+        "import sys, aircast, aircast.settings, aircast.measures, aircast.influx, "
+        "aircast.kafka, aircast.cache, aircast.stack.control\n"
+        "import pyflink.datastream.connectors.kafka as k\n"
+        "assert hasattr(k, 'KafkaSource') and hasattr(k, 'KafkaSink')\n"
+        "bad = [m for m in ('ray', 'tensorflow', 'keras') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "print('ok', aircast.__version__)\n"
+    )
+    result = subprocess.run([str(flink_python), "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok 0.1.0"
+
+
+def test_shared_core_never_imports_runtimes() -> None:
+    code = (
+        "import sys, aircast.cli, aircast.settings, aircast.measures, aircast.influx, "
+        "aircast.kafka, aircast.cache, aircast.stack.control\n"
+        "bad = [m for m in ('ray', 'tensorflow', 'keras', 'pyflink') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=REPO, timeout=60)
+    assert result.returncode == 0, result.stderr
