@@ -7,7 +7,7 @@ import redis
 from aircast.settings import RedisSettings
 
 
-def redis_client(settings: RedisSettings) -> redis.Redis:
+def redis_client(settings: RedisSettings) -> redis.Redis[str]:
     password = settings.password.get_secret_value() if settings.password else None
     return redis.Redis.from_url(
         settings.url,

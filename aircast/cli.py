@@ -1,7 +1,7 @@
 """The `aircast` command line: the one entry point that builds the settings.
 
-    aircast stack up | down | status     the local single-machine stack
-    aircast run                          stack up + the pipeline, until Ctrl-C
+aircast stack up | down | status     the local single-machine stack
+aircast run                          stack up + the pipeline, until Ctrl-C
 """
 
 from __future__ import annotations
@@ -110,8 +110,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aircast", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="aircast", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=None, help="YAML settings file")
     sub = parser.add_subparsers(dest="command", required=True)
 

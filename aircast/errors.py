@@ -1,11 +1,11 @@
 """The exception tree of aircast.
 
-    AircastError
-    ├── ConfigError          settings that cannot be built or are inconsistent
-    ├── StackError           the local stack cannot start, is already up, or is unhealthy
-    ├── StorageError         InfluxDB refused or could not be reached
-    │   └── BackpressureError  the server asked us to slow down (HTTP 429/503); retry later
-    └── InvalidRecord        one input record cannot be used; carries a dead-letter reason
+AircastError
+├── ConfigError          settings that cannot be built or are inconsistent
+├── StackError           the local stack cannot start, is already up, or is unhealthy
+├── StorageError         InfluxDB refused or could not be reached
+│   └── BackpressureError  the server asked us to slow down (HTTP 429/503); retry later
+└── InvalidRecord        one input record cannot be used; carries a dead-letter reason
 """
 
 from __future__ import annotations

@@ -79,7 +79,10 @@ class InfluxV1:
                     ) from exc
                 log.warning(
                     "influx unreachable attempt=%d/%d retry_in=%.1fs error=%s",
-                    attempt, attempts, delay, exc,
+                    attempt,
+                    attempts,
+                    delay,
+                    exc,
                 )
             else:
                 status = response.status_code
@@ -98,7 +101,11 @@ class InfluxV1:
                         raise StorageError(f"InfluxDB failed ({status}): {message}", status)
                     log.warning(
                         "influx status=%d attempt=%d/%d retry_in=%.1fs error=%s",
-                        status, attempt, attempts, delay, message,
+                        status,
+                        attempt,
+                        attempts,
+                        delay,
+                        message,
                     )
                 else:
                     raise StorageError(f"InfluxDB refused ({status}): {message}", status)
@@ -132,8 +139,9 @@ class InfluxV1:
             params["rp"] = retention_policy
         self._request("POST", "/write", params=params, content=body)
 
-    def query(self, q: str, database: str | None = None, *, epoch: str | None = None
-              ) -> list[dict[str, Any]]:
+    def query(
+        self, q: str, database: str | None = None, *, epoch: str | None = None
+    ) -> list[dict[str, Any]]:
         """Run InfluxQL; returns the ``series`` of every statement, flattened.
 
         A statement error (e.g. a syntax error) is a :class:`StorageError`.
@@ -152,8 +160,9 @@ class InfluxV1:
             series.extend(result.get("series", []))
         return series
 
-    def rows(self, q: str, database: str | None = None, *, epoch: str | None = None
-             ) -> list[dict[str, Any]]:
+    def rows(
+        self, q: str, database: str | None = None, *, epoch: str | None = None
+    ) -> list[dict[str, Any]]:
         """Run InfluxQL and return every row as a dict (tags merged in)."""
         out: list[dict[str, Any]] = []
         for s in self.query(q, database, epoch=epoch):
@@ -197,9 +206,7 @@ class InfluxV1:
     def count(self, measurement: str, database: str, where: str = "") -> int:
         """Number of points of ``measurement`` (its ``value`` field)."""
         clause = f" WHERE {where}" if where else ""
-        rows = self.rows(
-            f"SELECT count(\"value\") FROM {quote_ident(measurement)}{clause}", database
-        )
+        rows = self.rows(f'SELECT count("value") FROM {quote_ident(measurement)}{clause}', database)
         return int(rows[0]["count"]) if rows else 0
 
 

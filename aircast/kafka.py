@@ -74,10 +74,7 @@ def ensure_topics(settings: KafkaSettings, topics: Iterable[str] | None = None) 
             return
         try:
             client.create_topics(
-                [
-                    NewTopic(t, settings.partitions, settings.replication_factor)
-                    for t in missing
-                ]
+                [NewTopic(t, settings.partitions, settings.replication_factor) for t in missing]
             )
         except TopicAlreadyExistsError:
             pass  # another process won the race; the topic is there, which is all we need

@@ -31,15 +31,15 @@ from aircast.errors import ConfigError
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 # The YAML layer of the settings being built by `load_settings` (below env vars).
-_YAML_LAYER: ContextVar[dict[str, Any]] = ContextVar("aircast_yaml_layer", default={})
+_YAML_LAYER: ContextVar[dict[str, Any] | None] = ContextVar("aircast_yaml_layer", default=None)
 
 
 class _YamlLayer(PydanticBaseSettingsSource):
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _YAML_LAYER.get().get(field_name), field_name, False
+        return (_YAML_LAYER.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_YAML_LAYER.get())
+        return dict(_YAML_LAYER.get() or {})
 
 
 class KafkaSettings(BaseModel):
@@ -141,6 +141,96 @@ class DataSettings(BaseModel):
         return self.shared_dir / "sensor-community" / "static-v1-data-sample-2019-04-16.json"
 
 
+class IngestSettings(BaseModel):
+    """The scraper: where snapshots come from, how they are sharded and geocoded."""
+
+    model_config = _FROZEN
+
+    source: Literal["auto", "live", "archive", "simulator"] = "auto"
+    live_url: str = "https://data.sensor.community/static/v1/data.json"
+    # Scraping schedule: the API's window is 5 minutes.
+    interval_s: float = Field(default=300.0, gt=0)
+    scrapers: int = Field(default=4, ge=1)
+    timeout_s: float = Field(default=30.0, gt=0)
+    retries: int = Field(default=3, ge=0)
+    # Archive replay: a folder or an http(s) base URL laid out like the public archive.
+    archive: str | None = None
+    archive_from: str | None = None  # YYYY-MM-DD
+    archive_to: str | None = None
+    archive_speedup: float = Field(default=60.0, gt=0)
+    archive_shift_to_now: bool = True
+    # Simulator: a synthetic network, deterministic by seed.
+    simulator_sensors: int = Field(default=300, ge=1)
+    simulator_seed: int = 42
+    simulator_port: int = 8599
+    # Geocoding: offline GeoNames by default; Nominatim (1 request/s) only when asked.
+    geocoder: Literal["offline", "nominatim"] = "offline"
+    nominatim_url: str = "https://nominatim.openstreetmap.org/reverse"
+    place_ttl_s: int = Field(default=30 * 86400, ge=60)
+    # A reading already produced is never produced again: sensor+timestamp kept this long.
+    dedupe_ttl_s: int = Field(default=2 * 86400, ge=60)
+
+
+class FlinkSettings(BaseModel):
+    """The PyFlink job (its own virtualenv)."""
+
+    model_config = _FROZEN
+
+    python: Path = Path(".venv-flink/bin/python")
+    parallelism: int = Field(default=1, ge=1)
+    group_id: str = "aircast-flink"
+    delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    checkpoint_interval_ms: int = Field(default=10_000, ge=100)
+    checkpoint_dir: Path = Path(".aircast/flink/checkpoints")
+    watermark_out_of_orderness_s: int = Field(default=300, ge=0)
+    allowed_lateness_s: int = Field(default=600, ge=0)
+    restart_attempts: int = Field(default=10, ge=0)
+    restart_delay_ms: int = Field(default=2_000, ge=0)
+
+
+class CollectSettings(BaseModel):
+    """Collector actors: Kafka readings/aggregates → InfluxDB in batches."""
+
+    model_config = _FROZEN
+
+    actors: int = Field(default=2, ge=1)
+    group_id: str = "aircast-collector"
+    batch_size: int = Field(default=5_000, ge=1)
+    linger_ms: int = Field(default=1_000, ge=0)
+    # Bounded memory: at most this many points buffered per actor before pausing.
+    max_buffered: int = Field(default=50_000, ge=1)
+
+
+class TrainSettings(BaseModel):
+    """Per-sensor forecasting models on Ray Train."""
+
+    model_config = _FROZEN
+
+    workers: int = Field(default=2, ge=1)
+    window: int = Field(default=36, ge=2)  # past 10-minute steps the model sees (6 h)
+    horizons: tuple[int, ...] = (1, 6, 36)  # steps ahead: 10 min, 1 h, 6 h
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    storage_path: Path = Path(".aircast/train")
+    registry_dir: Path = Path(".aircast/models")
+    retrain_interval_s: float = Field(default=86_400.0, gt=0)
+
+
+class ServeSettings(BaseModel):
+    """The Ray Serve HTTP app."""
+
+    model_config = _FROZEN
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=256, ge=1)
+    admin_token: SecretStr = SecretStr("aircast-local-admin")
+    forecast_refresh_s: float = Field(default=600.0, gt=0)
+    model_cache_size: int = Field(default=64, ge=1)
+
+
 class Settings(BaseSettings):
     """The root settings object; frozen, so it can be shared across actors safely."""
 
@@ -157,6 +247,11 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     stack: StackSettings = StackSettings()
     data: DataSettings = DataSettings()
+    ingest: IngestSettings = IngestSettings()
+    flink: FlinkSettings = FlinkSettings()
+    collect: CollectSettings = CollectSettings()
+    train: TrainSettings = TrainSettings()
+    serve: ServeSettings = ServeSettings()
     log_level: str = "INFO"
 
     @classmethod
@@ -204,9 +299,7 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     if path is not None:
         data = _read_yaml(path)
     else:
-        state_dir = Path(
-            os.environ.get("AIRCAST_STACK__STATE_DIR", str(StackSettings().state_dir))
-        )
+        state_dir = Path(os.environ.get("AIRCAST_STACK__STATE_DIR", str(StackSettings().state_dir)))
         local = stack_file(state_dir)
         if local.is_file():
             data = _read_yaml(local)

