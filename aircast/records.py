@@ -420,7 +420,6 @@ class Aggregate:
             latitude=first.latitude,
             longitude=first.longitude,
             country_code=first.country_code,
-            country=first.country,
             city=first.city,
             measure=first.measure,
             window_start=window_start,
@@ -479,7 +478,8 @@ class DeadLetter:
 
 # -- line protocol ------------------------------------------------------------------
 # Escaping per the InfluxDB line protocol reference, tags and fields sorted; tests
-# check every line against influxdb-client's Point. Tag sets are cached: a sensor's tags repeat every reading.
+# check every line against influxdb-client's Point. Tag sets are cached: a sensor's
+# tags repeat every reading.
 
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
