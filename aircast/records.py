@@ -420,6 +420,7 @@ class Aggregate:
             latitude=first.latitude,
             longitude=first.longitude,
             country_code=first.country_code,
+            country=first.country,
             city=first.city,
             measure=first.measure,
             window_start=window_start,
