@@ -60,6 +60,10 @@ stack-down:
 stack-status:
 	$(VENV)/bin/aircast stack status
 
+# Benchmarks: `make bench-<name>` runs benchmarks/bench_<name>.py; its last line is JSON.
+bench-%: setup
+	$(VENV)/bin/python benchmarks/bench_$*.py
+
 lint:
 	$(VENV)/bin/ruff check aircast actors flink training serve tests benchmarks
 	$(VENV)/bin/ruff format --check aircast actors flink training serve tests benchmarks

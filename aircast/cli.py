@@ -7,7 +7,9 @@ aircast run                          stack up + the pipeline, until Ctrl-C
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import pkgutil
 import signal
 import sys
 import time
@@ -128,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="start, report, stop (smoke test)")
     p.add_argument("--keep", action="store_true", help="leave the stack up on exit")
     p.set_defaults(func=cmd_run)
+
+    from aircast import commands
+
+    for module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
+        importlib.import_module(f"aircast.commands.{module}").register(sub)
     return parser
 
 
