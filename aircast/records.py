@@ -53,6 +53,7 @@ NOT_NUMERIC = "not_numeric"  # value empty, not a number, NaN or infinite
 OUT_OF_RANGE = "out_of_range"  # outside the measure's valid range
 UNDECODABLE = "undecodable"  # a topic message that is not what the topic carries
 BEYOND_RETENTION = "beyond_retention"  # older than the database's retention
+LATE = "late"  # event time behind the watermark beyond the allowed lateness
 
 REASONS: tuple[str, ...] = (
     MALFORMED,
