@@ -62,3 +62,14 @@ def _no_developer_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     """`load_settings()` must not pick up a developer's own running stack."""
     monkeypatch.setenv("AIRCAST_STACK__STATE_DIR", str(tmp_path / "no-stack"))
     monkeypatch.delenv("AIRCAST_CONFIG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def ray_session(stack_settings: Settings) -> Iterator[Settings]:
+    """This pytest process connected (once) as a driver to the stack's Ray head."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=stack_settings.ray.address, namespace="aircast-test", log_to_driver=False)
+    yield stack_settings
+    ray.shutdown()

@@ -123,20 +123,15 @@ def test_influx_refusals_are_clear_errors(stack_settings: Settings, database: st
         influx.write(["m value=1"], "x")
 
 
-def test_ray_task_on_the_stack(stack_settings: Settings) -> None:
+def test_ray_task_on_the_stack(ray_session: Settings) -> None:
     import ray
 
-    ray.init(address=stack_settings.ray.address, namespace="aircast-test", log_to_driver=False)
-    try:
+    @ray.remote
+    def square(x: int) -> int:
+        return x * x
 
-        @ray.remote
-        def square(x: int) -> int:
-            return x * x
-
-        assert ray.get([square.remote(i) for i in range(5)]) == [0, 1, 4, 9, 16]
-        assert ray.cluster_resources()["CPU"] >= 2
-    finally:
-        ray.shutdown()
+    assert ray.get([square.remote(i) for i in range(5)]) == [0, 1, 4, 9, 16]
+    assert ray.cluster_resources()["CPU"] >= 2
 
 
 def test_status_reports_every_service_healthy(stack_settings: Settings) -> None:

@@ -1,0 +1,223 @@
+"""Scraping on Ray actors: a coordinator fetches each snapshot and shards it across N
+scraper actors, which parse, dedupe, enrich and produce (``aircast.ingest.Ingestor``).
+
+Run it:
+
+* ``aircast ingest [--once] [--source live|simulator|archive]`` on the local stack;
+* ``ray job submit --working-dir . -- python -m actors.ingest [--once]`` on a cluster.
+
+A scraper actor that dies is restarted by Ray (``max_restarts``) and the shard's task
+is retried (``max_task_retries``): the ingestor's ordering (produce, flush, then mark
+seen in Redis) makes a retry safe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util import metrics
+
+from aircast import telemetry
+from aircast.ingest import IngestCounts, Ingestor, shard_of
+from aircast.kafka import ensure_topics
+from aircast.settings import Settings, load_settings
+from aircast.simulator import Network, SimulatorServer
+from aircast.sources import ArchiveSource, HttpSource, Snapshot, SourceError, probe
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote(max_restarts=-1, max_task_retries=3, num_cpus=0.5)
+class Scraper:
+    """One shard's worker: its Kafka producer, Redis client and geocoder live here."""
+
+    def __init__(self, settings: Settings, index: int) -> None:
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+        self.index = index
+        self.ingestor = Ingestor(settings)
+        tags = telemetry.INGEST_RECORDS.tags
+        self.records = metrics.Counter(
+            telemetry.INGEST_RECORDS.name,
+            description=telemetry.INGEST_RECORDS.description,
+            tag_keys=tags,
+        )
+        self.dead = metrics.Counter(
+            telemetry.DEAD_LETTERS.name,
+            description=telemetry.DEAD_LETTERS.description,
+            tag_keys=telemetry.DEAD_LETTERS.tags,
+        )
+
+    def process(self, records: list[Any], source: str) -> dict[str, Any]:
+        counts = self.ingestor.process(records, source)
+        if counts.produced:
+            self.records.inc(counts.produced, {"outcome": "produced"})
+        for reason, n in counts.rejected.items():
+            self.records.inc(n, {"outcome": "duplicate" if reason == "duplicate" else "rejected"})
+            self.dead.inc(n, {"stage": "ingest", "reason": reason})
+        return counts.to_dict()
+
+    def ping(self) -> int:
+        return self.index
+
+
+def _sources(settings: Settings, source: str, *, once: bool) -> Iterator[Snapshot | None]:
+    """Snapshots forever (None: nothing new this time, or a failed fetch that was logged
+    and is retried next interval). With ``once`` a failed fetch raises."""
+    cfg = settings.ingest
+    if source == "archive":
+        if not cfg.archive or not cfg.archive_from or not cfg.archive_to:
+            raise SystemExit("archive replay needs ingest.archive, archive_from, archive_to")
+        yield from ArchiveSource(
+            cfg.archive,
+            date.fromisoformat(cfg.archive_from),
+            date.fromisoformat(cfg.archive_to),
+            speedup=cfg.archive_speedup,
+            shift_to_now=cfg.archive_shift_to_now,
+        ).paced()
+        return
+    url = cfg.live_url
+    server: SimulatorServer | None = None
+    if source == "simulator":
+        server = SimulatorServer(Network(cfg.simulator_sensors, cfg.simulator_seed), port=0).start()
+        url = server.url
+    http = HttpSource(url, name=source, timeout_s=cfg.timeout_s, retries=cfg.retries)
+    try:
+        while True:
+            try:
+                snapshot = http.fetch()
+            except SourceError as exc:
+                if once:
+                    raise
+                log.error(
+                    "fetch failed source=%s error=%s; next try in %.0fs",
+                    source,
+                    exc,
+                    cfg.interval_s,
+                )
+                snapshot = None
+            yield snapshot
+    finally:
+        http.close()
+        if server is not None:
+            server.stop()
+
+
+def choose_source(settings: Settings) -> str:
+    """``auto``: live when the live API answers, otherwise the simulator — loudly."""
+    source = settings.ingest.source
+    if source != "auto":
+        return source
+    if probe(settings.ingest.live_url):
+        log.info("live API reachable url=%s: ingesting the live feed", settings.ingest.live_url)
+        return "live"
+    log.warning(
+        "LIVE API UNREACHABLE url=%s: falling back to the SIMULATOR (%d synthetic sensors)",
+        settings.ingest.live_url,
+        settings.ingest.simulator_sensors,
+    )
+    return "simulator"
+
+
+class Coordinator:
+    """Fetches snapshots and shards them over the scraper actors."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.scrapers = [
+            Scraper.remote(settings, i)  # type: ignore[attr-defined]
+            for i in range(settings.ingest.scrapers)
+        ]
+        ray.get([s.ping.remote() for s in self.scrapers])
+        self.total = IngestCounts()
+
+    def ingest(self, snapshot: Snapshot) -> IngestCounts:
+        shards: list[list[Any]] = [[] for _ in self.scrapers]
+        for raw in snapshot.records:
+            shards[shard_of(raw, len(shards))].append(raw)
+        origin = f"{snapshot.source}:{snapshot.origin}"
+        results = ray.get(
+            [
+                scraper.process.remote(shard, origin)
+                for scraper, shard in zip(self.scrapers, shards, strict=True)
+                if shard
+            ]
+        )
+        counts = IngestCounts()
+        for result in results:
+            counts.merge(IngestCounts.from_dict(result))
+        self.total.merge(counts)
+        return counts
+
+    def run(self, source: str, *, once: bool = False, max_snapshots: int | None = None) -> None:
+        interval = self.settings.ingest.interval_s
+        taken = 0
+        for snapshot in _sources(self.settings, source, once=once):
+            started = time.monotonic()
+            if snapshot is None:
+                log.info("snapshot unchanged source=%s (304)", source)
+            else:
+                counts = self.ingest(snapshot)
+                taken += 1
+                log.info(
+                    "snapshot ingested source=%s records=%d produced=%d values=%d "
+                    "rejected=%s cache_hits=%d cache_misses=%d seconds=%.2f",
+                    source,
+                    counts.records,
+                    counts.produced,
+                    counts.values_produced,
+                    dict(counts.rejected),
+                    counts.cache_hits,
+                    counts.cache_misses,
+                    time.monotonic() - started,
+                )
+            if once or (max_snapshots is not None and taken >= max_snapshots):
+                return
+            if source != "archive":  # the archive source paces itself
+                time.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m actors.ingest")
+    parser.add_argument("--config", type=Path, default=None)
+    parser.add_argument("--source", choices=["auto", "live", "simulator", "archive"])
+    parser.add_argument("--once", action="store_true", help="one snapshot, then exit")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    settings = load_settings(args.config)
+    if args.source:
+        overrides["ingest"] = settings.ingest.model_copy(update={"source": args.source})
+        settings = settings.model_copy(update=overrides)
+    return run(settings, once=args.once)
+
+
+def run(settings: Settings, *, once: bool = False, source: str | None = None) -> int:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    ensure_topics(settings.kafka)
+    if not ray.is_initialized():
+        ray.init(
+            address=settings.ray.address, namespace=settings.ray.namespace, log_to_driver=False
+        )
+    chosen = source or choose_source(settings)
+    try:
+        Coordinator(settings).run(chosen, once=once)
+    except SourceError as exc:
+        log.error("ingestion stopped: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.info("ingestion stopped by user")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

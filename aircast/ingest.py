@@ -1,0 +1,219 @@
+"""Ingestion of one shard of a snapshot: parse, dedupe, enrich, produce.
+
+Runs inside a scraper actor (``actors/ingest.py``), or in-process for tests and tools.
+For every feed record of the shard exactly one thing happens:
+
+* its envelope is unusable → a dead letter with the reason (malformed, missing_field,
+  bad_timestamp, bad_coordinates, zero_coordinates) and the record as received;
+* the same sensor and timestamp was already produced (in this snapshot, or in an
+  earlier one: Redis keeps ``<prefix>seen:<sensor>:<timestamp>`` for
+  ``ingest.dedupe_ttl_s``) → a dead letter ``duplicate``;
+* otherwise it is produced to the raw topic, keyed by sensor id, as received plus
+  ``"place"`` (city, region, country, country_code) from the cached geocoder.
+
+Values inside a record are judged later, by the Flink job (one outcome per value).
+
+Ordering gives the delivery guarantee: records are produced and flushed (acks=all)
+before they are marked seen. A crash in between can produce a record twice; the Flink
+job's keyed dedupe turns the repeat into a ``duplicate`` dead letter, so nothing is
+written twice downstream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from kafka import KafkaProducer
+
+from aircast.cache import key, redis_client
+from aircast.deadletters import DeadLetters
+from aircast.errors import InvalidRecord
+from aircast.geocode import CachedGeocoder, Geocoder, make_geocoder
+from aircast.kafka import producer as make_producer
+from aircast.records import DUPLICATE, FeedRecord, parse_feed_record, value_count
+from aircast.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestCounts:
+    records: int = 0
+    produced: int = 0
+    values_produced: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    rejected_values: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+    def merge(self, other: IngestCounts) -> None:
+        self.records += other.records
+        self.produced += other.produced
+        self.values_produced += other.values_produced
+        self.rejected.update(other.rejected)
+        self.rejected_values += other.rejected_values
+        self.cache_hits += other.cache_hits
+        self.cache_misses += other.cache_misses
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "produced": self.produced,
+            "values_produced": self.values_produced,
+            "rejected": dict(self.rejected),
+            "rejected_values": self.rejected_values,
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IngestCounts:
+        return cls(
+            d["records"],
+            d["produced"],
+            d["values_produced"],
+            Counter(d["rejected"]),
+            d["rejected_values"],
+            d["cache_hits"],
+            d["cache_misses"],
+        )
+
+
+class Ingestor:
+    """Holds the clients of one scraper (opened once, reused for every snapshot)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        producer: KafkaProducer | None = None,
+        client: redis.Redis[str] | None = None,
+        geocoder: Geocoder | None = None,
+    ) -> None:
+        self.settings = settings
+        self.producer = producer or make_producer(settings.kafka)
+        self.redis = client or redis_client(settings.redis)
+        self.places = CachedGeocoder(
+            geocoder or make_geocoder(settings.ingest),
+            self.redis,
+            settings.redis,
+            settings.ingest.place_ttl_s,
+        )
+        self.dead = DeadLetters(self.producer, settings.kafka.dead_letter_topic, "ingest")
+
+    def close(self) -> None:
+        self.producer.close()
+        self.redis.close()
+
+    def _seen_key(self, record: FeedRecord) -> str:
+        return key(self.settings.redis, "seen", record.dedupe_key)
+
+    def process(self, records: list[Any], source: str) -> IngestCounts:
+        counts = IngestCounts(records=len(records))
+        valid: list[tuple[FeedRecord, Any]] = []
+        in_shard: set[str] = set()
+        for raw in records:
+            try:
+                record = parse_feed_record(raw)
+            except InvalidRecord as exc:
+                self._reject(counts, exc.reason, exc.detail, raw, source)
+                continue
+            if record.dedupe_key in in_shard:
+                self._reject(
+                    counts,
+                    DUPLICATE,
+                    f"sensor {record.dedupe_key} repeated in the snapshot",
+                    raw,
+                    source,
+                    record,
+                )
+                continue
+            in_shard.add(record.dedupe_key)
+            valid.append((record, raw))
+
+        if valid:
+            pipe = self.redis.pipeline(transaction=False)
+            for record, _ in valid:
+                pipe.exists(self._seen_key(record))
+            seen = pipe.execute()
+            fresh: list[tuple[FeedRecord, Any]] = []
+            for (record, raw), was_seen in zip(valid, seen, strict=True):
+                if was_seen:
+                    self._reject(
+                        counts,
+                        DUPLICATE,
+                        f"sensor {record.dedupe_key} already taken in",
+                        raw,
+                        source,
+                        record,
+                    )
+                else:
+                    fresh.append((record, raw))
+            self._produce(fresh, counts)
+        self.producer.flush()  # dead letters included: acknowledged before we return
+        return counts
+
+    def _produce(self, fresh: list[tuple[FeedRecord, Any]], counts: IngestCounts) -> None:
+        locations = {r.location_id: (r.latitude, r.longitude) for r, _ in fresh}
+        hits, misses = self.places.hits, self.places.misses
+        places = self.places.places(locations)
+        counts.cache_hits += self.places.hits - hits
+        counts.cache_misses += self.places.misses - misses
+        topic = self.settings.kafka.raw_topic
+        futures = []
+        for record, raw in fresh:
+            place = places.get(record.location_id)
+            enriched = dict(raw)
+            enriched["place"] = place.to_dict() if place else {}
+            value = json.dumps(enriched, ensure_ascii=False, separators=(",", ":")).encode()
+            futures.append(
+                self.producer.send(topic, key=str(record.sensor_id).encode(), value=value)
+            )
+        self.producer.flush()
+        for future in futures:
+            future.get(timeout=0)  # raises if the broker refused: nothing is marked seen
+        pipe = self.redis.pipeline(transaction=False)
+        ttl = self.settings.ingest.dedupe_ttl_s
+        for record, _ in fresh:
+            pipe.set(self._seen_key(record), 1, ex=ttl)
+        pipe.execute()
+        counts.produced += len(fresh)
+        counts.values_produced += sum(len(r.values) for r, _ in fresh)
+
+    def _reject(
+        self,
+        counts: IngestCounts,
+        reason: str,
+        detail: str,
+        raw: Any,
+        source: str,
+        record: FeedRecord | None = None,
+    ) -> None:
+        values = value_count(raw)
+        # The record as it stood in the snapshot's JSON (a bare string stays quoted).
+        payload = json.dumps(raw, ensure_ascii=False, separators=(",", ":"), default=repr)
+        self.dead.add(
+            reason,
+            detail,
+            payload,
+            key=str(record.sensor_id) if record else None,
+            values=values,
+            source=source,
+        )
+        counts.rejected[reason] += 1
+        counts.rejected_values += values
+
+
+def shard_of(raw: Any, shards: int) -> int:
+    """The scraper a record goes to: by sensor id, so one sensor's records meet in one
+    place (in-snapshot duplicates are caught there). Unparseable records go to shard 0."""
+    try:
+        sensor_id = int(raw["sensor"]["id"])
+    except (TypeError, KeyError, ValueError):
+        return 0
+    return sensor_id % shards

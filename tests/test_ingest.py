@@ -1,0 +1,229 @@
+"""Ingestion: simulator over HTTP → coordinator → scraper actors → raw topic, with the
+real broker, Redis and Ray. Every valid record arrives exactly once, enriched; every
+bad one is in the dead-letter topic with its reason; places come from the Redis cache
+the second time; archive replay of a real day yields the right number of readings."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections import Counter
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aircast import records as R
+from aircast.ingest import Ingestor
+from aircast.kafka import ensure_topics
+from aircast.records import DeadLetter
+from aircast.settings import Settings
+from aircast.simulator import Faults, Network, SimulatorServer
+from aircast.sources import ArchiveSource, HttpSource, SourceError
+
+from .conftest import unique
+from .helpers import read_topic
+
+WINDOW_1 = 1_764_000_000  # a fixed 5-minute boundary (2025-11-24 16:00 UTC)
+WINDOW_2 = WINDOW_1 + 300
+
+
+def fresh(settings: Settings, **ingest: Any) -> Settings:
+    """The stack's settings with fresh topics and a fresh Redis key prefix."""
+    kafka = settings.kafka.model_copy(
+        update={"raw_topic": unique("raw"), "dead_letter_topic": unique("dlq"), "partitions": 2}
+    )
+    redis = settings.redis.model_copy(update={"key_prefix": unique("t") + ":"})
+    ing = settings.ingest.model_copy(update={"scrapers": 2, **ingest})
+    out = settings.model_copy(update={"kafka": kafka, "redis": redis, "ingest": ing})
+    ensure_topics(out.kafka, [out.kafka.raw_topic, out.kafka.dead_letter_topic])
+    return out
+
+
+def expected(snapshot: list[dict[str, Any]]) -> tuple[set[str], Counter[str]]:
+    """Independent account: the dedupe keys that must be produced, and rejections."""
+    keep: set[str] = set()
+    rejected: Counter[str] = Counter()
+    for raw in snapshot:
+        try:
+            rec = R.parse_feed_record(raw)
+        except R.InvalidRecord as exc:
+            rejected[exc.reason] += 1
+            continue
+        if rec.dedupe_key in keep:
+            rejected[R.DUPLICATE] += 1
+        else:
+            keep.add(rec.dedupe_key)
+    return keep, rejected
+
+
+def test_simulator_is_deterministic_and_speaks_http() -> None:
+    net = Network(50, seed=7)
+    assert net.snapshot(WINDOW_1) == Network(50, seed=7).snapshot(WINDOW_1)
+    assert net.snapshot(WINDOW_1) != net.snapshot(WINDOW_2)
+    with SimulatorServer(net, clock=lambda: WINDOW_1) as server:
+        source = HttpSource(server.url, name="simulator", retries=0)
+        snap = source.fetch()
+        assert snap is not None and snap.records == json.loads(json.dumps(net.snapshot(WINDOW_1)))
+        assert source.fetch() is None  # conditional GET: unchanged window → 304
+        assert httpx.get(server.url.replace("data.json", "x.json")).status_code == 404
+        source.close()
+    # A dead server is a clear error after the retries, not a hang or a crash.
+    dead = HttpSource(server.url, retries=1, backoff_s=0.01, timeout_s=1)
+    with pytest.raises(SourceError, match="failed after 2 attempts"):
+        dead.fetch()
+
+
+def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None:
+    from actors.ingest import Coordinator
+
+    settings = fresh(ray_session)
+    net = Network(400, seed=11, faults=Faults(duplicate=0.05, zero_coordinates=0.02))
+    snap1 = net.snapshot(WINDOW_1)
+    keep1, rejected1 = expected(snap1)
+    assert rejected1[R.DUPLICATE] > 0 and rejected1[R.ZERO_COORDINATES] > 0
+    window = [WINDOW_1]
+    with SimulatorServer(net, clock=lambda: window[0]) as server:
+        coordinator = Coordinator(settings)
+        source = HttpSource(server.url, name="simulator")
+        first = source.fetch()
+        assert first is not None
+        counts1 = coordinator.ingest(first)
+        assert counts1.records == len(snap1)
+        assert counts1.produced == len(keep1)
+        assert counts1.rejected == rejected1
+        assert counts1.cache_misses > 0
+
+        # The same window again (a repeat of the live API): nothing new is produced.
+        again = HttpSource(server.url, name="simulator").fetch()
+        assert again is not None
+        counts_again = coordinator.ingest(again)
+        assert counts_again.produced == 0
+        assert (
+            counts_again.rejected[R.DUPLICATE]
+            == len(snap1) - sum(rejected1.values()) + rejected1[R.DUPLICATE]
+        )
+
+        # The next window: new readings, every place from the Redis cache.
+        window[0] = WINDOW_2
+        second = source.fetch()
+        assert second is not None
+        counts2 = coordinator.ingest(second)
+        keep2, _ = expected(net.snapshot(WINDOW_2))
+        assert counts2.produced == len(keep2)
+        assert counts2.cache_misses == 0 and counts2.cache_hits > 0
+
+    raw = read_topic(settings.kafka, settings.kafka.raw_topic, expect=len(keep1) + len(keep2))
+    produced = [json.loads(v) for _, v in raw]
+    keys = [R.parse_feed_record(p).dedupe_key for p in produced]
+    assert len(keys) == len(set(keys)) == len(keep1) + len(keep2)  # exactly once
+    assert set(keys) == keep1 | keep2
+    assert all(
+        k == str(p["sensor"]["id"]).encode() for (k, _), p in zip(raw, produced, strict=True)
+    )
+    places = [p["place"] for p in produced]
+    assert all(pl["city"] and pl["country"] and len(pl["country_code"]) == 2 for pl in places)
+
+    letters = [
+        DeadLetter.from_json(v)
+        for _, v in read_topic(
+            settings.kafka,
+            settings.kafka.dead_letter_topic,
+            expect=sum(counts1.rejected.values())
+            + sum(counts_again.rejected.values())
+            + sum(counts2.rejected.values()),
+        )
+    ]
+    by_reason = Counter(letter.reason for letter in letters)
+    total = counts1.rejected + counts_again.rejected + counts2.rejected
+    assert by_reason == total
+    assert all(letter.stage == "ingest" and letter.payload for letter in letters)
+
+
+BAD: list[tuple[Any, str]] = [
+    ("not a record", R.MALFORMED),
+    ({"timestamp": "2019-04-16 14:22:52"}, R.MISSING_FIELD),
+    (
+        {
+            "id": 1,
+            "timestamp": "16/04/2019",
+            "location": {"id": 1, "latitude": "1", "longitude": "1"},
+            "sensor": {"id": 1, "sensor_type": {"name": "SDS011"}},
+            "sensordatavalues": [{"value": "1", "value_type": "P1"}],
+        },
+        R.BAD_TIMESTAMP,
+    ),
+    (
+        {
+            "id": 2,
+            "timestamp": "2019-04-16 14:22:52",
+            "location": {"id": 1, "latitude": "0", "longitude": "0"},
+            "sensor": {"id": 2, "sensor_type": {"name": "SDS011"}},
+            "sensordatavalues": [{"value": "1", "value_type": "P1"}],
+        },
+        R.ZERO_COORDINATES,
+    ),
+    (
+        {
+            "id": 3,
+            "timestamp": "2019-04-16 14:22:52",
+            "location": {"id": 1, "latitude": "x", "longitude": "1"},
+            "sensor": {"id": 3, "sensor_type": {"name": "SDS011"}},
+            "sensordatavalues": [{"value": "1", "value_type": "P1"}],
+        },
+        R.BAD_COORDINATES,
+    ),
+]
+
+
+def test_bad_records_are_dead_lettered_with_reason(stack_settings: Settings) -> None:
+    settings = fresh(stack_settings)
+    ingestor = Ingestor(settings)
+    good = json.loads(Path(settings.data.feed_sample).read_text())[:5]
+    counts = ingestor.process([raw for raw, _ in BAD] + good + good[:1], "test")
+    ingestor.close()
+    assert counts.produced == 5
+    assert counts.rejected == Counter([reason for _, reason in BAD] + [R.DUPLICATE])
+    letters = [
+        DeadLetter.from_json(v)
+        for _, v in read_topic(
+            settings.kafka, settings.kafka.dead_letter_topic, expect=len(BAD) + 1
+        )
+    ]
+    assert sorted(lt.reason for lt in letters) == sorted(counts.rejected.elements())
+    malformed = next(lt for lt in letters if lt.reason == R.MALFORMED)
+    assert malformed.payload == '"not a record"' and malformed.source == "test"
+    dup = next(lt for lt in letters if lt.reason == R.DUPLICATE)
+    assert dup.values == 2 and dup.key == str(good[0]["sensor"]["id"])
+
+
+def archive_rows(day_dir: Path) -> int:
+    rows = 0
+    for path in day_dir.glob("*.csv"):
+        with path.open(newline="") as fh:
+            rows += sum(1 for _ in csv.reader(fh, delimiter=";")) - 1
+    return rows
+
+
+def test_archive_replay_of_a_real_day(stack_settings: Settings) -> None:
+    archive = stack_settings.data.archive_dir
+    day = date(2019, 3, 1)
+    source = ArchiveSource(str(archive), day, day, shift_to_now=True)
+    snapshots = list(source.windows())
+    records = [r for s in snapshots for r in s.records]
+    assert len(records) == archive_rows(archive / "2019-03-01")
+    assert len(snapshots) <= 288  # one per 5-minute window of the day
+    stamps = [
+        R.parse_timestamp(r["timestamp"])
+        for r in records
+        if isinstance(r, dict) and "timestamp" in r
+    ]
+    span = max(stamps) - min(stamps)
+    assert 23 * 3600 < span < 86400
+    assert time.time() - 86400 - 300 <= min(stamps) and max(stamps) <= time.time()
+    outcomes = [o for r in records for o in R.split_record(r)]
+    readings = [o for o in outcomes if isinstance(o, R.Reading)]
+    assert len(readings) > 0.9 * len(outcomes)
