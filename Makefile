@@ -65,8 +65,8 @@ bench-%: setup
 	$(VENV)/bin/python benchmarks/bench_$*.py
 
 lint:
-	$(VENV)/bin/ruff check aircast actors flink training serve tests benchmarks
-	$(VENV)/bin/ruff format --check aircast actors flink training serve tests benchmarks
+	$(VENV)/bin/ruff check aircast actors flink training serve kuberay tests benchmarks
+	$(VENV)/bin/ruff format --check aircast actors flink training serve kuberay tests benchmarks
 typecheck:
 	$(VENV)/bin/mypy
 check: lint typecheck

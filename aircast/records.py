@@ -54,6 +54,7 @@ OUT_OF_RANGE = "out_of_range"  # outside the measure's valid range
 UNDECODABLE = "undecodable"  # a topic message that is not what the topic carries
 BEYOND_RETENTION = "beyond_retention"  # older than the database's retention
 LATE = "late"  # event time behind the watermark beyond the allowed lateness
+STORAGE_REJECTED = "storage_rejected"  # InfluxDB refused this one point (HTTP 400)
 
 REASONS: tuple[str, ...] = (
     MALFORMED,
@@ -68,6 +69,8 @@ REASONS: tuple[str, ...] = (
     OUT_OF_RANGE,
     UNDECODABLE,
     BEYOND_RETENTION,
+    LATE,
+    STORAGE_REJECTED,
 )
 
 # -- feed records -------------------------------------------------------------------

@@ -186,6 +186,10 @@ class FlinkSettings(BaseModel):
     allowed_lateness_s: int = Field(default=600, ge=0)
     restart_attempts: int = Field(default=10, ge=0)
     restart_delay_ms: int = Field(default=2_000, ge=0)
+    # A (sensor, measure, timestamp) seen again within this long is a duplicate.
+    dedupe_ttl_s: int = Field(default=2 * 86400, ge=60)
+    # The mini-cluster's own log files (JVM, Python workers).
+    log_dir: Path = Path(".aircast/flink/log")
 
 
 class CollectSettings(BaseModel):
@@ -229,6 +233,13 @@ class ServeSettings(BaseModel):
     admin_token: SecretStr = SecretStr("aircast-local-admin")
     forecast_refresh_s: float = Field(default=600.0, gt=0)
     model_cache_size: int = Field(default=64, ge=1)
+    # GET /sensors lists sensors seen this recently, re-read at most this often.
+    sensors_lookback_s: float = Field(default=86_400.0, gt=0)
+    sensors_cache_s: float = Field(default=10.0, ge=0)
+    # Dashboard map tiles (e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png); none by
+    # default: the map works offline on a plain lat/lon grid.
+    tile_url: str | None = None
+    tile_attribution: str = ""
 
 
 class Settings(BaseSettings):

@@ -50,9 +50,10 @@ def read_topic(
             if got:
                 out.extend(got)
                 last_new = time.monotonic()
-            elif expect is None or len(out) >= expect:
-                if time.monotonic() - last_new >= quiet_s:
-                    break
+            elif (expect is None or len(out) >= expect) and (
+                time.monotonic() - last_new >= quiet_s
+            ):
+                break
         return out
     finally:
         consumer.close()

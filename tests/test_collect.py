@@ -1,0 +1,269 @@
+"""Collection: Kafka → collector actors → InfluxDB against the real broker, InfluxDB and
+Ray. A collector actor killed with SIGKILL mid-stream, and separately influxd killed
+and restarted mid-stream: afterwards InfluxDB holds exactly the valid readings produced
+(none missing, none doubled), bad messages are dead letters with their reason, and the
+collectors' buffers stayed within their bound."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from aircast import records as R
+from aircast.errors import StorageError
+from aircast.influx import InfluxV1
+from aircast.kafka import ensure_topics, producer
+from aircast.records import Aggregate, DeadLetter, Reading
+from aircast.settings import Settings
+from aircast.stack import control
+
+from .conftest import unique
+from .helpers import read_topic
+
+MEASURES = ("P1", "P2", "temperature", "humidity")
+
+
+def fresh(settings: Settings) -> Settings:
+    kafka = settings.kafka.model_copy(
+        update={
+            "readings_topic": unique("readings"),
+            "aggregates_topic": unique("aggs"),
+            "dead_letter_topic": unique("dlq"),
+            "partitions": 4,
+        }
+    )
+    influx = settings.influx.model_copy(
+        update={
+            "raw_database": unique("raw"),
+            "aggregates_database": unique("agg"),
+            # No client-level retries: every failed write reaches the collector's own
+            # pause-and-retry loop, which the influxd drill must exercise.
+            "predictions_database": unique("pred"),
+            "retries": 0,
+            "backoff_s": 0.2,
+            "timeout_s": 3.0,
+        }
+    )
+    collect = settings.collect.model_copy(
+        update={
+            "actors": 2,
+            "batch_size": 500,
+            "linger_ms": 200,
+            "max_buffered": 2000,
+            "group_id": unique("collector"),
+        }
+    )
+    out = settings.model_copy(update={"kafka": kafka, "influx": influx, "collect": collect})
+    ensure_topics(
+        out.kafka, [kafka.readings_topic, kafka.aggregates_topic, kafka.dead_letter_topic]
+    )
+    return out
+
+
+def make_readings(n_sensors: int, steps: int, seed: int) -> list[Reading]:
+    rng = random.Random(seed)
+    start = int(time.time()) - 6 * 3600
+    out = []
+    for sensor in range(n_sensors):
+        for step in range(steps):
+            for m in MEASURES[(sensor % 2) * 2 : (sensor % 2) * 2 + 2]:
+                out.append(
+                    Reading(
+                        sensor_id=1000 + sensor,
+                        sensor_type="SDS011" if sensor % 2 == 0 else "DHT22",
+                        location_id=5000 + sensor,
+                        latitude=57.1,
+                        longitude=-2.1,
+                        country_code="GB",
+                        country="United Kingdom",
+                        city="Aberdeen",
+                        measure=m,
+                        value=round(rng.uniform(1, 90), 2),
+                        timestamp=start + 145 * step,
+                        record_id=None,
+                    )
+                )
+    return out
+
+
+def produce_stream(
+    settings: Settings,
+    readings: list[Reading],
+    aggregates: list[Aggregate],
+    bad: list[bytes],
+    chunks: int = 20,
+    pause_s: float = 0.15,
+) -> None:
+    p = producer(settings.kafka)
+    k = settings.kafka
+    size = max(1, len(readings) // chunks)
+    for i in range(0, len(readings), size):
+        for r in readings[i : i + size]:
+            p.send(k.readings_topic, key=r.key.encode(), value=r.to_json())
+        p.flush()
+        time.sleep(pause_s)
+    for a in aggregates:
+        p.send(k.aggregates_topic, key=a.key.encode(), value=a.to_json())
+    for b in bad:
+        p.send(k.readings_topic, key=b"bad", value=b)
+    p.flush()
+    p.close()
+
+
+def points_by_measure(settings: Settings, database: str, field: str) -> Counter[str]:
+    with InfluxV1(settings.influx) as influx:
+        counts: Counter[str] = Counter()
+        for m in MEASURES:
+            rows = influx.rows(f'SELECT count("{field}") FROM "{m}"', database)
+            counts[m] = int(rows[0]["count"]) if rows else 0
+        return counts
+
+
+def distinct_points(settings: Settings, database: str) -> set[tuple[str, str, int]]:
+    with InfluxV1(settings.influx) as influx:
+        out = set()
+        for m in MEASURES:
+            for row in influx.rows(f'SELECT "value", "sensor_id" FROM "{m}"', database, epoch="s"):
+                out.add((m, row["sensor_id"], int(row["time"])))
+        return out
+
+
+def start_collectors(
+    settings: Settings, until_idle_s: float
+) -> tuple[Any, threading.Thread, list[Any]]:
+    from actors.collect import Supervisor
+
+    supervisor = Supervisor(settings)
+    results: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: results.append(supervisor.run(until_idle_s=until_idle_s)), daemon=True
+    )
+    thread.start()
+    return supervisor, thread, results
+
+
+def wait_for_points(settings: Settings, at_least: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            got = points_by_measure(settings, settings.influx.raw_database, "value")
+        except StorageError:  # the collectors have not created the database yet
+            got = Counter()
+        if sum(got.values()) >= at_least:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"fewer than {at_least} points arrived in {timeout_s}s")
+
+
+@pytest.mark.slow
+def test_kill_a_collector_actor_mid_stream(ray_session: Settings) -> None:
+    import ray
+
+    settings = fresh(ray_session)
+    readings = make_readings(60, 80, seed=1)  # 9,600 readings
+    # One aggregate per (sensor, measure, window): each is its own point.
+    aggregates = list(
+        {
+            (r.key, R.window_start(r.timestamp)): Aggregate.of([r], R.window_start(r.timestamp))
+            for r in readings[:300]
+        }.values()
+    )
+    old = replace(readings[0], timestamp=1_555_424_572)  # 2019: beyond 30-day retention
+    bad = [b"{not json", b'{"sensor_id": 1}', old.to_json()]
+    supervisor, thread, results = start_collectors(settings, until_idle_s=8)
+    producer_thread = threading.Thread(
+        target=produce_stream, args=(settings, readings, aggregates, bad), daemon=True
+    )
+    producer_thread.start()
+    wait_for_points(settings, 1500)
+    victim = ray.get(supervisor.actors[0].pid.remote())
+    os.kill(victim, signal.SIGKILL)
+    producer_thread.join(timeout=120)
+    thread.join(timeout=180)
+    assert not thread.is_alive(), "collectors did not finish"
+    assert supervisor.restarts >= 1
+
+    expected = Counter(r.measure for r in readings)
+    assert points_by_measure(settings, settings.influx.raw_database, "value") == expected
+    assert distinct_points(settings, settings.influx.raw_database) == {
+        (r.measure, str(r.sensor_id), r.timestamp) for r in readings
+    }
+    expected_aggs = Counter(a.measure for a in aggregates)
+    assert points_by_measure(settings, settings.influx.aggregates_database, "mean") == expected_aggs
+    for stats in results[0]:
+        assert stats["max_buffered"] <= settings.collect.max_buffered
+
+    letters = [
+        DeadLetter.from_json(v)
+        for _, v in read_topic(settings.kafka, settings.kafka.dead_letter_topic, expect=3)
+    ]
+    by_source = {lt.source: lt.reason for lt in letters}  # at-least-once: dedupe by source
+    assert sorted(by_source.values()) == sorted([R.UNDECODABLE, R.UNDECODABLE, R.BEYOND_RETENTION])
+    assert all(lt.stage == "collect" for lt in letters)
+
+
+@pytest.mark.slow
+def test_influxd_restarted_mid_stream(ray_session: Settings) -> None:
+    settings = fresh(ray_session)
+    readings = make_readings(40, 60, seed=2)  # 4,800 readings
+    _supervisor, thread, results = start_collectors(settings, until_idle_s=10)
+    producer_thread = threading.Thread(
+        target=produce_stream,
+        args=(settings, readings, [], []),
+        kwargs={"pause_s": 0.3},
+        daemon=True,
+    )
+    producer_thread.start()
+    wait_for_points(settings, 500)
+    influxd = control.status(ray_session)["influxdb"]["pid"]
+    os.kill(influxd, signal.SIGSTOP)  # hung: writes time out
+    time.sleep(4)
+    os.kill(influxd, signal.SIGKILL)  # then gone: the stack supervisor restarts it
+    os.kill(influxd, signal.SIGCONT)
+    producer_thread.join(timeout=120)
+    thread.join(timeout=240)
+    assert not thread.is_alive(), "collectors did not finish"
+    assert control.status(ray_session)["influxdb"]["healthy"]
+    stats = results[0]
+    assert sum(s["storage_failures"] for s in stats) >= 1
+    assert points_by_measure(settings, settings.influx.raw_database, "value") == Counter(
+        r.measure for r in readings
+    )
+    assert len(distinct_points(settings, settings.influx.raw_database)) == len(readings)
+    assert all(s["max_buffered"] <= settings.collect.max_buffered for s in stats)
+
+
+def test_a_point_influx_refuses_is_dead_lettered_alone(stack_settings: Settings) -> None:
+    from aircast.collect import Collector
+
+    settings = fresh(stack_settings)
+    readings = make_readings(4, 5, seed=3)
+    with InfluxV1(settings.influx) as influx:
+        influx.ensure_databases()
+        # "value" already an integer in humidity: InfluxDB refuses float humidity points.
+        influx.write(
+            [f"humidity,sensor_id=1 value=1i {int(time.time()) - 60}"],
+            settings.influx.raw_database,
+            precision="s",
+        )
+    produce_stream(settings, readings, [], [], chunks=1, pause_s=0)
+    parts = [(settings.kafka.readings_topic, p) for p in range(4)] + [
+        (settings.kafka.aggregates_topic, p) for p in range(4)
+    ]
+    collector = Collector(settings, parts)
+    stats = collector.run(until_idle_s=3)
+    collector.close()
+    humidity = sum(1 for r in readings if r.measure == "humidity")
+    assert stats.rejected == {R.STORAGE_REJECTED: humidity}
+    assert stats.points[settings.influx.raw_database] == len(readings) - humidity
+    letters = read_topic(settings.kafka, settings.kafka.dead_letter_topic, expect=humidity)
+    assert len(letters) == humidity
+    assert all("field type conflict" in DeadLetter.from_json(v).detail for _, v in letters)

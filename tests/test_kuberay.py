@@ -1,0 +1,768 @@
+"""The Kubernetes deployment (kuberay/), validated offline.
+
+Every manifest and every rendered overlay (real ``kubectl kustomize``) against the core
+Kubernetes schemas (kubernetes-validate, strict) and the CRDs in ``<shared_dir>/../crds``
+(openAPIV3Schema + CEL rules), then the deployment's own contracts: settings env vars,
+secrets by reference, references that resolve, images, topics and buckets named as in the
+settings, Flink checkpoints on a volume, and Grafana queries naming what the collector
+writes. Broken manifests under tests/fixtures/kuberay prove each check can fail.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from aircast import telemetry
+from aircast.measures import MEASURES
+from aircast.records import Aggregate, Reading
+from aircast.settings import KafkaSettings, Settings
+from tests.kube_validation import CustomKind, load_crds, load_documents, validate
+
+REPO = Path(__file__).resolve().parents[1]
+KUBERAY = REPO / "kuberay"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kuberay"
+TARGETS = ("base", "overlays/minikube", "overlays/production")
+SECRET = "aircast-secrets"
+OWN_IMAGES = {"aircast-ray": "ray", "aircast-flink": "flink"}  # name -> kuberay/images/<dir>
+
+Doc = dict[str, Any]
+
+
+def _module(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while defined
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def crds() -> dict[tuple[str, str], CustomKind]:
+    shared = Settings().data.shared_dir
+    shared = shared if shared.is_absolute() else REPO / shared
+    return load_crds((shared / ".." / "crds").resolve())
+
+
+def render(target: str) -> list[Doc]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl (with its built-in kustomize) is needed to render the overlays")
+    done = subprocess.run(
+        [kubectl, "kustomize", str(KUBERAY / target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, f"kubectl kustomize {target} failed:\n{done.stderr}"
+    return load_documents(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[Doc]]:
+    return {target: render(target) for target in TARGETS}
+
+
+def _kustomize_resources(folder: Path) -> Iterator[Path]:
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text(encoding="utf-8"))
+    for entry in kustomization.get("resources", []):
+        path = (folder / entry).resolve()
+        if path.is_dir():
+            yield from _kustomize_resources(path)
+        else:
+            yield path
+
+
+def manifest_files() -> list[Path]:
+    """Every whole manifest in kuberay/ (overlay patches are judged through the renders)."""
+    files = set(_kustomize_resources(KUBERAY / "base"))
+    files |= set((KUBERAY / "jobs").glob("*.yaml"))
+    files.add(KUBERAY / "base" / "ray" / "rayjob-train.yaml")  # the CronJob's template
+    return sorted(files)
+
+
+def _of(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _one(docs: list[Doc], kind: str, name: str) -> Doc:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+# -- walking pod specs -------------------------------------------------------------------
+
+
+def pod_specs(doc: Doc) -> Iterator[Doc]:
+    """Every pod spec inside an object: Deployments, Jobs, CronJobs, Ray and Flink CRs."""
+
+    def walk(node: Any) -> Iterator[Doc]:
+        if isinstance(node, dict):
+            if isinstance(node.get("containers"), list):
+                yield node
+            for value in node.values():
+                yield from walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from walk(value)
+
+    yield from walk(doc.get("spec", {}))
+
+
+def containers(spec: Doc) -> list[Doc]:
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def config_map_data(docs: list[Doc], name: str) -> dict[str, str]:
+    return dict(_one(docs, "ConfigMap", name).get("data", {}))
+
+
+def container_env(docs: list[Doc], container: Doc) -> dict[str, str]:
+    """The container's environment; secret values appear as ``<secret>``."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env.update(config_map_data(docs, source["configMapRef"]["name"]))
+    for var in container.get("env", []):
+        env[var["name"]] = var.get("value", "<secret>")
+    return env
+
+
+def runtime_env_vars(doc: Doc) -> dict[str, str]:
+    text = doc.get("spec", {}).get("runtimeEnvYAML")
+    return {} if not text else dict(yaml.safe_load(text).get("env_vars", {}))
+
+
+# -- checks (each returns problems, so fixtures can prove it fails) -------------------------
+
+_TOP_LEVEL_ENV = {"AIRCAST_CONFIG"}
+
+
+def setting_problem(name: str) -> str | None:
+    """Why ``name`` is not a settings variable (None if it is one)."""
+    if not name.startswith("AIRCAST_") or name in _TOP_LEVEL_ENV:
+        return None
+    rest = name.removeprefix("AIRCAST_").lower()
+    section, sep, field = rest.partition("__")
+    fields = Settings.model_fields
+    if not sep:
+        ok = section in fields and not hasattr(fields[section].annotation, "model_fields")
+        return None if ok else f"{name}: no top-level setting {section!r}"
+    model = fields[section].annotation if section in fields else None
+    if model is None or not hasattr(model, "model_fields"):
+        return f"{name}: no settings section {section!r}"
+    if field not in model.model_fields:
+        return f"{name}: no field {field!r} in settings section {section!r}"
+    return None
+
+
+def env_problems(docs: list[Doc], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Unknown AIRCAST_* names, and environments the settings refuse to load."""
+    problems: list[str] = []
+    environments: list[tuple[str, dict[str, str]]] = []
+    for doc in docs:
+        where = f"{doc['kind']}/{doc['metadata'].get('name', doc['metadata'].get('generateName'))}"
+        for spec in pod_specs(doc):
+            for c in containers(spec):
+                environments.append((f"{where}/{c['name']}", container_env(docs, c)))
+        if runtime_env_vars(doc):
+            environments.append((f"{where}/runtimeEnv", runtime_env_vars(doc)))
+        if doc["kind"] == "ConfigMap":
+            environments.append((where, dict(doc.get("data", {}))))
+    for where, env in environments:
+        names = [n for n in env if n.startswith("AIRCAST_")]
+        bad = [p for p in map(setting_problem, names) if p]
+        problems += [f"{where}: {p}" for p in bad]
+        if names and not bad and not where.startswith("ConfigMap/"):
+            with monkeypatch.context() as m:
+                for n in names:
+                    m.setenv(n, "x" if env[n] == "<secret>" else env[n])
+                try:
+                    Settings()
+                except ValueError as exc:
+                    problems.append(f"{where}: settings refuse this environment: {exc}")
+    return problems
+
+
+def secret_keys() -> set[str]:
+    text = (KUBERAY / "create-secrets.sh").read_text(encoding="utf-8")
+    return set(re.findall(r"--from-literal=([a-z0-9-]+)=", text))
+
+
+def secret_problems(docs: list[Doc]) -> list[str]:
+    problems = [f"Secret/{d['metadata']['name']} holds values" for d in _of(docs, "Secret")]
+    keys = secret_keys()
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            ref = node.get("secretKeyRef")
+            if isinstance(ref, dict) and (ref.get("name") != SECRET or ref.get("key") not in keys):
+                problems.append(f"{path}: secretKeyRef {ref} is not a key of {SECRET}")
+            name = str(node.get("name", ""))
+            if re.search(r"PASSWORD|TOKEN", name) and "value" in node:
+                problems.append(f"{path}: {name} has a literal value")
+            if "redisPassword" in node and "value" in node["redisPassword"]:
+                problems.append(f"{path}: redisPassword has a literal value")
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    for doc in docs:
+        walk(doc, f"{doc['kind']}/{doc['metadata'].get('name')}")
+        if doc["kind"] == "ConfigMap":
+            for key in doc.get("data", {}):
+                if re.search(r"PASSWORD|TOKEN", key):
+                    problems.append(f"ConfigMap/{doc['metadata']['name']}: {key} in plain text")
+    return problems
+
+
+def reference_problems(docs: list[Doc]) -> list[str]:
+    names = {(d["kind"], d["metadata"].get("name")) for d in docs}
+    problems: list[str] = []
+    for doc in docs:
+        where = f"{doc['kind']}/{doc['metadata'].get('name')}"
+        claim_templates = {
+            t["metadata"]["name"] for t in doc.get("spec", {}).get("volumeClaimTemplates", [])
+        }
+        for spec in pod_specs(doc):
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            volumes.update({name: {} for name in claim_templates})
+            sa = spec.get("serviceAccountName")
+            if sa and ("ServiceAccount", sa) not in names:
+                problems.append(f"{where}: no ServiceAccount {sa}")
+            for volume in volumes.values():
+                if (
+                    "configMap" in volume
+                    and ("ConfigMap", volume["configMap"]["name"]) not in names
+                ):
+                    problems.append(f"{where}: no ConfigMap {volume['configMap']['name']}")
+                claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+                if claim and ("PersistentVolumeClaim", claim) not in names:
+                    problems.append(f"{where}: no PersistentVolumeClaim {claim}")
+            for c in containers(spec):
+                for mount in c.get("volumeMounts", []):
+                    if mount["name"] not in volumes:
+                        problems.append(f"{where}/{c['name']}: no volume {mount['name']}")
+                for source in c.get("envFrom", []):
+                    ref = source.get("configMapRef", {}).get("name")
+                    if ref and ("ConfigMap", ref) not in names:
+                        problems.append(f"{where}/{c['name']}: no ConfigMap {ref}")
+        if doc["kind"] == "RayJob":
+            cluster = doc["spec"].get("clusterSelector", {}).get("ray.io/cluster")
+            if cluster and ("RayCluster", cluster) not in names:
+                problems.append(f"{where}: clusterSelector names no RayCluster {cluster}")
+        if doc["kind"] == "FlinkDeployment":
+            sa = doc["spec"].get("serviceAccount")
+            if ("ServiceAccount", sa) not in names:
+                problems.append(f"{where}: no ServiceAccount {sa}")
+    return problems
+
+
+def image_problems(docs: list[Doc]) -> list[str]:
+    problems: list[str] = []
+    images: list[str] = [d["spec"]["image"] for d in _of(docs, "FlinkDeployment")]
+    images += [c.get("image", "") for d in docs for s in pod_specs(d) for c in containers(s)]
+    images = [i for i in images if i]  # Flink's pod template inherits spec.image
+    for image in images:
+        name, _, tag = image.rpartition(":")
+        if not name or "/" in tag or tag in ("", "latest"):
+            problems.append(f"{image}: not pinned to a tag")
+            continue
+        base = name.rsplit("/", 1)[-1]
+        own = f"aircast-{base}" if name.endswith(f"aircast/{base}") else name
+        if (
+            own in OWN_IMAGES
+            and not (KUBERAY / "images" / OWN_IMAGES[own] / "Dockerfile").is_file()
+        ):
+            problems.append(f"{image}: no kuberay/images/{OWN_IMAGES[own]}/Dockerfile")
+        if own.startswith("aircast") and own not in OWN_IMAGES:
+            problems.append(f"{image}: not an image built from kuberay/images")
+    return problems
+
+
+# -- Grafana queries -----------------------------------------------------------------------
+
+
+def _parse_line(line: str) -> tuple[str, set[str], set[str]]:
+    head, fields, _ = line.split(" ")
+    measurement, *tags = head.split(",")
+    return (
+        measurement,
+        {t.split("=")[0] for t in tags},
+        {f.split("=")[0] for f in fields.split(",")},
+    )
+
+
+def written() -> dict[str, tuple[set[str], set[str]]]:
+    """Database -> (tags, fields) as the collector writes them (Reading/Aggregate.line)."""
+    place = dict(
+        sensor_id=1,
+        sensor_type="SDS011",
+        location_id=2,
+        latitude=48.7,
+        longitude=9.3,
+        country_code="DE",
+        country="Germany",
+        city="Stuttgart",
+        measure="P1",
+    )
+    reading = Reading(**place, value=1.5, timestamp=1_700_000_000)  # type: ignore[arg-type]
+    aggregate = Aggregate(
+        **place,  # type: ignore[arg-type]
+        window_start=0,
+        window_end=600,
+        mean=1.0,
+        min=0.5,
+        max=1.5,
+        count=3,
+    )
+    influx = Settings().influx
+    _, raw_tags, raw_fields = _parse_line(reading.line())
+    _, agg_tags, agg_fields = _parse_line(aggregate.line())
+    return {
+        influx.raw_database: (raw_tags, raw_fields),
+        influx.aggregates_database: (agg_tags, agg_fields),
+    }
+
+
+def datasource_databases() -> dict[str, str]:
+    text = (KUBERAY / "base" / "grafana" / "datasources.yaml").read_text(encoding="utf-8")
+    sources = yaml.safe_load(text)["datasources"]
+    return {s["uid"]: s["jsonData"]["dbName"] for s in sources if s["type"] == "influxdb"}
+
+
+_FUNC_FIELD = re.compile(r"\b(?:mean|min|max|sum|count|last|first|median|spread)\(\s*\"([^\"]+)\"")
+
+
+def influx_query_problems(query: str, database: str) -> list[str]:
+    tags, fields = written()[database]
+    measures = {m.name for m in MEASURES}
+    problems: list[str] = []
+    show = re.fullmatch(r'SHOW TAG VALUES FROM "([^"]+)" WITH KEY = "([^"]+)"(.*)', query)
+    if show:
+        measurement, key, rest = show.groups()
+        used_fields: list[str] = []
+        used_tags = [key, *re.findall(r'"([^"]+)"', rest)]
+    else:
+        found = re.search(r'\bFROM\s+"([^"]+)"', query)
+        if found is None:
+            return [f"{query}: no FROM measurement"]
+        measurement = found.group(1)
+        body = re.sub(r'\bAS\s+"[^"]+"', "", query.replace(found.group(0), ""))
+        used_fields = _FUNC_FIELD.findall(body)
+        used_tags = re.findall(r'"([^"]+)"', _FUNC_FIELD.sub("", body))
+    if measurement not in measures:
+        problems.append(f"{query}: measurement {measurement!r} is not a measure")
+    problems += [f"{query}: {database} has no field {f!r}" for f in used_fields if f not in fields]
+    problems += [f"{query}: {database} has no tag {t!r}" for t in used_tags if t not in tags]
+    return problems
+
+
+def _expand(query: str, variables: list[Doc]) -> list[str]:
+    for var in variables:
+        if var["type"] == "custom" and f"${var['name']}" in query:
+            return [query.replace(f"${var['name']}", o["value"]) for o in var["options"]]
+    return [query]
+
+
+def dashboard_problems(dashboard: Doc) -> list[str]:
+    databases = datasource_databases()
+    variables = dashboard.get("templating", {}).get("list", [])
+    problems: list[str] = []
+    targets = [t for p in dashboard["panels"] for t in p["targets"]]
+    targets += [{**v, "datasource": v["datasource"]} for v in variables if v["type"] == "query"]
+    for target in targets:
+        source = target["datasource"]
+        if source["type"] == "prometheus":
+            problems += prometheus_problems(target["expr"])
+            continue
+        if source["uid"] not in databases or databases[source["uid"]] not in written():
+            problems.append(f"data source {source['uid']!r} is no database the collector writes")
+            continue
+        for query in _expand(target["query"], variables):
+            problems += influx_query_problems(query, databases[source["uid"]])
+    return problems
+
+
+def prometheus_problems(expr: str) -> list[str]:
+    by_name = {telemetry.published(m): m for m in telemetry.ALL}
+    problems: list[str] = []
+    for name in re.findall(r"\bray_[a-z0-9_]+", expr):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        metric = by_name.get(name) or (by_name.get(base) if base != name else None)
+        if metric is None or (name != base and metric.kind != "histogram"):
+            problems.append(f"{expr}: {name} is not a published aircast metric")
+            continue
+        allowed = set(metric.tags) | ({"le"} if metric.kind == "histogram" else set())
+        for group in re.findall(r"\bby \(([^)]*)\)", expr):
+            labels = {x.strip() for x in group.split(",") if x.strip()}
+            problems += [f"{expr}: {name} has no label {x!r}" for x in labels - allowed]
+    return problems
+
+
+# -- tests: schemas ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(KUBERAY)))
+def test_manifest_file_is_valid(path: Path, crds: dict[tuple[str, str], CustomKind]) -> None:
+    docs = load_documents(path.read_text(encoding="utf-8"))
+    assert docs, f"{path} holds no manifest"
+    problems = [f"{d['kind']}: {p}" for d in docs for p in validate(d, crds)]
+    assert not problems, "\n".join(problems)
+
+
+def test_no_manifest_escapes_validation() -> None:
+    """Every YAML file under kuberay/ with a kind is a validated manifest or a patch."""
+    covered = set(manifest_files())
+    for path in KUBERAY.rglob("*.yaml"):
+        if path in covered or path.name in ("kustomization.yaml", "kustomizeconfig.yaml"):
+            continue
+        if "overlays" in path.parts:
+            continue  # patches: judged through the rendered overlays
+        docs = load_documents(path.read_text(encoding="utf-8"))
+        assert not any("kind" in d for d in docs), f"{path} is not validated"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_rendered_overlay_is_valid(
+    target: str, rendered: dict[str, list[Doc]], crds: dict[tuple[str, str], CustomKind]
+) -> None:
+    docs = rendered[target]
+    problems = [
+        f"{d['kind']}/{d['metadata'].get('name')}: {p}" for d in docs for p in validate(d, crds)
+    ]
+    # The training template travels inside a ConfigMap; it must be a valid RayJob too.
+    template = config_map_data(docs, "aircast-train-rayjob")["rayjob-train.yaml"]
+    problems += [
+        f"train template: {p}" for d in load_documents(template) for p in validate(d, crds)
+    ]
+    assert not problems, "\n".join(problems)
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"aircast"}
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expected"),
+    [
+        ("schema-violation.yaml", "is not of type 'integer'"),
+        ("unknown-field.yaml", "Additional properties are not allowed ('replica' was"),
+        ("cel-violation.yaml", "deletionStrategy requires either BOTH onSuccess and onFailure"),
+        ("cel-missing-field.yaml", "topologyKey property is required"),
+        ("unknown-kind.yaml", "unknown kind KafkaMirror"),
+        ("unknown-core-kind.yaml", "unknown kind PodMonitor"),
+        ("core-violation.yaml", "Additional properties are not allowed ('replica' was"),
+        ("bad-name.yaml", "is not a DNS-1123 subdomain"),
+    ],
+)
+def test_broken_manifest_is_refused(
+    fixture: str, expected: str, crds: dict[tuple[str, str], CustomKind]
+) -> None:
+    docs = load_documents((FIXTURES / fixture).read_text(encoding="utf-8"))
+    problems = [p for d in docs for p in validate(d, crds)]
+    assert any(expected in p for p in problems), problems
+
+
+# -- tests: the deployment's contracts -----------------------------------------------------
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_env_vars_are_settings(
+    target: str, rendered: dict[str, list[Doc]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = rendered[target] + load_documents(
+        (KUBERAY / "jobs" / "rayjob-backfill.yaml").read_text()
+    )
+    assert not env_problems(docs, monkeypatch)
+
+
+def test_unknown_env_var_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = load_documents((FIXTURES / "unknown-env.yaml").read_text(encoding="utf-8"))
+    problems = env_problems(docs, monkeypatch)
+    assert any("no field 'topic' in settings section 'kafka'" in p for p in problems), problems
+    assert any("no settings section 'kafak'" in p for p in problems), problems
+    assert any("settings refuse this environment" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_secrets_only_by_reference(target: str, rendered: dict[str, list[Doc]]) -> None:
+    assert not secret_problems(rendered[target])
+
+
+def test_literal_secret_is_refused() -> None:
+    docs = load_documents((FIXTURES / "literal-secret.yaml").read_text(encoding="utf-8"))
+    problems = secret_problems(docs)
+    assert any("holds values" in p for p in problems), problems
+    assert any("AIRCAST_REDIS__PASSWORD has a literal value" in p for p in problems), problems
+    assert any("is not a key of aircast-secrets" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_references_resolve(target: str, rendered: dict[str, list[Doc]]) -> None:
+    assert not reference_problems(rendered[target])
+    backfill = load_documents((KUBERAY / "jobs" / "rayjob-backfill.yaml").read_text())
+    assert not reference_problems(rendered[target] + backfill)
+
+
+def test_dangling_reference_is_refused() -> None:
+    docs = load_documents((FIXTURES / "dangling-reference.yaml").read_text(encoding="utf-8"))
+    problems = reference_problems(docs)
+    assert any("no PersistentVolumeClaim missing-claim" in p for p in problems), problems
+    assert any("clusterSelector names no RayCluster" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_images_are_built_here_or_pinned(target: str, rendered: dict[str, list[Doc]]) -> None:
+    assert not image_problems(rendered[target])
+
+
+def test_unknown_image_is_refused() -> None:
+    docs = load_documents((FIXTURES / "bad-images.yaml").read_text(encoding="utf-8"))
+    problems = image_problems(docs)
+    assert any("redis: not pinned" in p for p in problems), problems
+    assert any("grafana/grafana:latest: not pinned" in p for p in problems), problems
+    assert any("aircast-spark:1: not an image built" in p for p in problems), problems
+
+
+def test_images_match_the_versions_deployed(rendered: dict[str, list[Doc]]) -> None:
+    ray_from = (KUBERAY / "images" / "ray" / "Dockerfile").read_text().split("\nFROM ")[1]
+    flink_docker = (KUBERAY / "images" / "flink" / "Dockerfile").read_text()
+    assert ray_from.split()[0] == "rayproject/ray:2.60.0-py311"
+    assert "\nFROM flink:2.0.1\n" in flink_docker
+    assert '".[flink]"' in flink_docker and "flink-connector-kafka" in flink_docker
+    for docs in rendered.values():
+        assert _one(docs, "RayService", "aircast")["spec"]["rayClusterConfig"]["rayVersion"] == (
+            "2.60.0"
+        )
+        assert _one(docs, "RayCluster", "aircast-pipeline")["spec"]["rayVersion"] == "2.60.0"
+        flink = _one(docs, "FlinkDeployment", "aircast-flink")["spec"]
+        assert flink["flinkVersion"] == "v2_0"
+        assert flink["job"]["jarURI"] == "local:///opt/flink/opt/flink-python-2.0.1.jar"
+        assert flink["job"]["args"] == ["-py", "/opt/aircast/flink/job.py"]
+    production = rendered["overlays/production"]
+    images = {c.get("image") for d in production for s in pod_specs(d) for c in containers(s)}
+    assert "registry.example.com/aircast/ray:0.1.0" in images
+    assert _one(production, "FlinkDeployment", "aircast-flink")["spec"]["image"] == (
+        "registry.example.com/aircast/flink:0.1.0"
+    )
+
+
+# Ray's own schema module uses a pydantic-1 idiom; the warning is Ray's, not ours.
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20")
+def test_serve_config_is_a_serve_deploy_config(rendered: dict[str, list[Doc]]) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    for docs in rendered.values():
+        text = _one(docs, "RayService", "aircast")["spec"]["serveConfigV2"]
+        config = ServeDeploySchema.model_validate(yaml.safe_load(text))
+        assert [a.import_path for a in config.applications] == ["serve.app:build_app"]
+    with pytest.raises(ValueError, match="import_path"):
+        ServeDeploySchema.model_validate({"applications": [{"name": "x", "route_prefix": "/"}]})
+
+
+def test_pipeline_jobs_run_the_stage_modules(rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered["base"]
+    entrypoints = {d["metadata"]["name"]: d["spec"]["entrypoint"] for d in _of(docs, "RayJob")}
+    assert entrypoints == {
+        "aircast-ingest": "python -m actors.ingest",
+        "aircast-collect": "python -m actors.collect",
+    }
+    template = load_documents(config_map_data(docs, "aircast-train-rayjob")["rayjob-train.yaml"])
+    assert template[0]["spec"]["entrypoint"] == "python -m training.job"
+    backfill = load_documents((KUBERAY / "jobs" / "rayjob-backfill.yaml").read_text())[0]
+    assert backfill["spec"]["entrypoint"].startswith("aircast backfill --archive ")
+    cron = _one(docs, "CronJob", "aircast-train")["spec"]["jobTemplate"]["spec"]["template"]
+    assert cron["spec"]["containers"][0]["args"] == [
+        "create",
+        "-f",
+        "/etc/aircast/rayjob-train.yaml",
+    ]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_kafka_topics_match_settings(target: str, rendered: dict[str, list[Doc]]) -> None:
+    docs = rendered[target]
+    kafka = KafkaSettings()
+    wanted = {kafka.raw_topic, kafka.readings_topic, kafka.aggregates_topic}
+    wanted.add(kafka.dead_letter_topic)
+    topics = _of(docs, "KafkaTopic")
+    assert {t["spec"]["topicName"] for t in topics} == wanted
+    brokers = sum(
+        p["spec"]["replicas"] for p in _of(docs, "KafkaNodePool") if "broker" in p["spec"]["roles"]
+    )
+    env = config_map_data(docs, "aircast-env")
+    for topic in topics:
+        replicas, isr = (
+            topic["spec"]["replicas"],
+            int(topic["spec"]["config"]["min.insync.replicas"]),
+        )
+        assert replicas <= brokers
+        assert isr < replicas or replicas == 1
+        assert replicas == int(env["AIRCAST_KAFKA__REPLICATION_FACTOR"])
+        assert topic["spec"]["partitions"] == int(env["AIRCAST_KAFKA__PARTITIONS"])
+        assert topic["metadata"]["labels"]["strimzi.io/cluster"] == "aircast"
+        if target != "overlays/minikube":
+            assert (replicas, isr) == (3, 2)
+    cluster = _one(docs, "Kafka", "aircast")
+    plain = next(x for x in cluster["spec"]["kafka"]["listeners"] if x["name"] == "plain")
+    assert env["AIRCAST_KAFKA__BOOTSTRAP_SERVERS"] == f"aircast-kafka-bootstrap:{plain['port']}"
+
+
+def test_influx_provisioning_matches_settings(rendered: dict[str, list[Doc]]) -> None:
+    provision = _module(KUBERAY / "base" / "influxdb" / "provision.py")
+    influx = Settings().influx
+    assert [(b.name, b.retention_s) for b in provision.plan(Settings())] == [
+        (influx.raw_database, 30 * 86400),
+        (influx.aggregates_database, 0),
+        (influx.predictions_database, 90 * 86400),
+    ]
+    with pytest.raises(ValueError, match="not a retention"):
+        provision.retention_seconds("30 days")
+    names = {influx.raw_database, influx.aggregates_database, influx.predictions_database}
+    assert set(datasource_databases().values()) == names
+    for docs in rendered.values():
+        script = config_map_data(docs, "influxdb-provision")["provision.py"]
+        assert script == (KUBERAY / "base" / "influxdb" / "provision.py").read_text()
+        influxdb = _one(docs, "StatefulSet", "influxdb")["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in influxdb["containers"][0]["env"]}
+        assert env["DOCKER_INFLUXDB_INIT_BUCKET"] == influx.raw_database
+        assert config_map_data(docs, "aircast-env")["AIRCAST_INFLUX__MANAGE_DATABASES"] == "false"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_flink_checkpoints_on_persistent_storage(
+    target: str, rendered: dict[str, list[Doc]]
+) -> None:
+    docs = rendered[target]
+    spec = _one(docs, "FlinkDeployment", "aircast-flink")["spec"]
+    pod = spec["podTemplate"]["spec"]
+    main = next(c for c in pod["containers"] if c["name"] == "flink-main-container")
+    env = container_env(docs, main)
+    assert int(env["AIRCAST_FLINK__PARALLELISM"]) == spec["job"]["parallelism"]
+    checkpoints = env["AIRCAST_FLINK__CHECKPOINT_DIR"]
+    assert spec["flinkConfiguration"]["execution.checkpointing.dir"] == f"file://{checkpoints}"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = [m for m in main["volumeMounts"] if checkpoints.startswith(m["mountPath"])]
+    assert mounts, "the checkpoint directory is on no mounted volume"
+    claim = volumes[mounts[0]["name"]]["persistentVolumeClaim"]["claimName"]
+    assert "ReadWriteMany" in _one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"]
+    assert spec["job"]["upgradeMode"] == "last-state"
+
+
+def test_overlays_scale_as_documented(rendered: dict[str, list[Doc]]) -> None:
+    def workers(docs: list[Doc]) -> int:
+        return int(
+            _one(docs, "RayCluster", "aircast-pipeline")["spec"]["workerGroupSpecs"][0][
+                "maxReplicas"
+            ]
+        )
+
+    mini, prod = rendered["overlays/minikube"], rendered["overlays/production"]
+    assert workers(mini) < workers(rendered["base"]) < workers(prod)
+    assert _one(mini, "KafkaNodePool", "dual")["spec"]["replicas"] == 1
+    assert _one(prod, "KafkaNodePool", "dual")["spec"]["replicas"] == 3
+    for docs, klass in ((mini, "standard"), (prod, "standard-rwx")):
+        assert {c["spec"]["storageClassName"] for c in _of(docs, "PersistentVolumeClaim")} == {
+            klass
+        }
+    flink = _one(prod, "FlinkDeployment", "aircast-flink")["spec"]
+    assert flink["flinkConfiguration"]["job.autoscaler.enabled"] == "true"
+    for docs in rendered.values():  # GCS fault tolerance on both Ray clusters
+        service = _one(docs, "RayService", "aircast")["spec"]["rayClusterConfig"]
+        cluster = _one(docs, "RayCluster", "aircast-pipeline")["spec"]
+        for spec in (service, cluster):
+            assert spec["gcsFaultToleranceOptions"]["redisAddress"] == "redis:6379"
+            assert spec["enableInTreeAutoscaling"] is True
+
+
+# -- tests: Grafana ------------------------------------------------------------------------
+
+
+def test_dashboards_are_generated_and_provisioned() -> None:
+    generator = _module(KUBERAY / "dashboards.py")
+    assert generator.main(["--check"]) == 0, "run .venv/bin/python kuberay/dashboards.py"
+    files = set(generator.dashboards())
+    assert {f"measure-{m.name}.json" for m in MEASURES} | {
+        "map.json",
+        "pipeline-health.json",
+    } == files
+    kustomization = yaml.safe_load((KUBERAY / "base" / "kustomization.yaml").read_text())
+    generated = [
+        g for g in kustomization["configMapGenerator"] if g["name"] == "grafana-dashboards"
+    ]
+    assert {Path(f).name for f in generated[0]["files"]} == files
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((KUBERAY / "base" / "grafana" / "dashboards").glob("*.json")),
+    ids=lambda p: p.name,
+)
+def test_dashboard_queries_name_what_the_collector_writes(path: Path) -> None:
+    dashboard = json.loads(path.read_text(encoding="utf-8"))
+    assert not dashboard_problems(dashboard)
+
+
+def test_pipeline_dashboard_covers_every_metric() -> None:
+    dashboard = json.loads((KUBERAY / "base/grafana/dashboards/pipeline-health.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for metric in telemetry.ALL:
+        assert telemetry.published(metric) in exprs, metric.name
+
+
+def test_written_schema_is_the_collectors() -> None:
+    tags = {"city", "country", "country_code", "location_id", "sensor_id", "sensor_type"}
+    influx = Settings().influx
+    assert written() == {
+        influx.raw_database: (tags, {"lat", "lon", "value"}),
+        influx.aggregates_database: (tags, {"count", "lat", "lon", "max", "mean", "min"}),
+    }
+
+
+def test_bad_dashboard_is_refused() -> None:
+    dashboard = json.loads((FIXTURES / "bad-dashboard.json").read_text(encoding="utf-8"))
+    problems = dashboard_problems(dashboard)
+    assert any("has no field 'temperature_value'" in p for p in problems), problems
+    assert any("has no tag 'station'" in p for p in problems), problems
+    assert any("measurement 'PM10' is not a measure" in p for p in problems), problems
+    assert any("ray_aircast_collect_lag is not a published" in p for p in problems), problems
+    assert any("has no label 'partition'" in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("serve/app.py", "build_app"),
+        ("actors/ingest.py", None),
+        ("actors/collect.py", None),
+        ("training/job.py", None),
+        ("flink/job.py", None),
+    ],
+)
+def test_entry_points_the_manifests_run_exist(module: str, name: str | None) -> None:
+    """What the RayService, RayJobs and FlinkDeployment run is in the repository."""
+    import ast
+
+    path = REPO / module
+    assert path.is_file(), f"{module} (run by kuberay/) does not exist"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    if name is not None:
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert name in defined, f"{module} defines no {name}()"
+    else:
+        source = path.read_text(encoding="utf-8")
+        assert '__name__ == "__main__"' in source, f"{module} cannot run as python -m"
