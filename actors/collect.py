@@ -34,7 +34,7 @@ from aircast.settings import Settings, load_settings
 log = logging.getLogger(__name__)
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0.5, max_concurrency=4)
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0.5, max_concurrency=4)  # type: ignore[call-overload]
 class CollectorActor:
     def __init__(self, settings: Settings, index: int, partitions: list[tuple[str, int]]) -> None:
         logging.basicConfig(

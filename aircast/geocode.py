@@ -9,14 +9,16 @@ Providers share one interface (``places(points) -> list[Place | None]``):
 * :class:`NominatimGeocoder` (opt-in): OpenStreetMap's Nominatim, at most one request
   per second across the process (their usage policy), behind a lock.
 
-:class:`CachedGeocoder` puts Redis in front: one hash per location id
-(``<prefix>place:<location_id>`` with city, region, country, country_code and the
-coordinates it was computed for) with a TTL. A location whose coordinates changed is
-geocoded again. A failed lookup is never cached.
+:class:`CachedGeocoder` puts Redis in front: one key per location id
+(``<prefix>place:<location_id>``, JSON with city, region, country, country_code and the
+coordinates it was computed for) with a TTL, read for a whole snapshot with one MGET
+and written in one pipeline (Redis 7.0 has no per-field TTL in hashes). A location
+whose coordinates changed is geocoded again. A failed lookup is never cached.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -26,7 +28,7 @@ from typing import Any, Protocol
 import httpx
 import redis
 
-from aircast.cache import key
+from aircast.cache import key, set_many
 from aircast.records import Place
 from aircast.settings import IngestSettings, RedisSettings
 
@@ -136,36 +138,29 @@ class CachedGeocoder:
         """Places for ``{location_id: (lat, lon)}``; a location the provider could not
         place is absent from the result (and not cached)."""
         ids = list(locations)
-        pipe = self.redis.pipeline(transaction=False)
-        for location_id in ids:
-            pipe.hgetall(self._key(location_id))
-        cached: list[dict[str, str]] = pipe.execute()
+        cached = self.redis.mget([self._key(i) for i in ids]) if ids else []
         result: dict[int, Place] = {}
         missing: list[int] = []
         for location_id, hit in zip(ids, cached, strict=True):
             lat, lon = locations[location_id]
-            if hit and hit.get("lat") == f"{lat:.5f}" and hit.get("lon") == f"{lon:.5f}":
-                result[location_id] = Place.from_dict(hit)
-            else:
-                missing.append(location_id)
+            if hit:
+                data = json.loads(hit)
+                if data.get("lat") == round(lat, 5) and data.get("lon") == round(lon, 5):
+                    result[location_id] = Place.from_dict(data)
+                    continue
+            missing.append(location_id)
         self.hits += len(result)
         self.misses += len(missing)
         if not missing:
             return result
         found = self.geocoder.places([locations[i] for i in missing])
-        pipe = self.redis.pipeline(transaction=False)
+        fresh: dict[str, str] = {}
         for location_id, place in zip(missing, found, strict=True):
             if place is None:
                 continue  # never cache a failure
             lat, lon = locations[location_id]
-            k = self._key(location_id)
-            fields: dict[str | bytes, bytes | float | int | str] = {
-                "lat": f"{lat:.5f}",
-                "lon": f"{lon:.5f}",
-            }
-            fields.update(place.to_dict())
-            pipe.hset(k, mapping=fields)
-            pipe.expire(k, self.ttl_s)
+            value = {**place.to_dict(), "lat": round(lat, 5), "lon": round(lon, 5)}
+            fresh[self._key(location_id)] = json.dumps(value, ensure_ascii=False)
             result[location_id] = place
-        pipe.execute()
+        set_many(self.redis, fresh, self.ttl_s)
         return result

@@ -30,7 +30,7 @@ from typing import Any
 import redis
 from kafka import KafkaProducer
 
-from aircast.cache import key, redis_client
+from aircast.cache import key, redis_client, set_many
 from aircast.deadletters import DeadLetters
 from aircast.errors import InvalidRecord
 from aircast.geocode import CachedGeocoder, Geocoder, make_geocoder
@@ -137,10 +137,7 @@ class Ingestor:
             valid.append((record, raw))
 
         if valid:
-            pipe = self.redis.pipeline(transaction=False)
-            for record, _ in valid:
-                pipe.exists(self._seen_key(record))
-            seen = pipe.execute()
+            seen = self.redis.mget([self._seen_key(record) for record, _ in valid])
             fresh: list[tuple[FeedRecord, Any]] = []
             for (record, raw), was_seen in zip(valid, seen, strict=True):
                 if was_seen:
@@ -177,11 +174,11 @@ class Ingestor:
         self.producer.flush()
         for future in futures:
             future.get(timeout=0)  # raises if the broker refused: nothing is marked seen
-        pipe = self.redis.pipeline(transaction=False)
-        ttl = self.settings.ingest.dedupe_ttl_s
-        for record, _ in fresh:
-            pipe.set(self._seen_key(record), 1, ex=ttl)
-        pipe.execute()
+        set_many(
+            self.redis,
+            {self._seen_key(r): "1" for r, _ in fresh},
+            self.settings.ingest.dedupe_ttl_s,
+        )
         counts.produced += len(fresh)
         counts.values_produced += sum(len(r.values) for r, _ in fresh)
 
