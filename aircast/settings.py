@@ -115,7 +115,7 @@ class StackSettings(BaseModel):
     influx_port: int = 8086
     ray_port: int = 6380
     ray_dashboard_port: int = 8265
-    services: tuple[str, ...] = ("redis", "kafka", "influxdb", "ray")
+    services: tuple[str, ...] = ("redis", "kafka", "influxdb", "ray", "flink")
     startup_timeout_s: float = Field(default=90.0, gt=0)
 
     @field_validator("services", mode="before")
@@ -218,6 +218,11 @@ class TrainSettings(BaseModel):
     storage_path: Path = Path(".aircast/train")
     registry_dir: Path = Path(".aircast/models")
     retrain_interval_s: float = Field(default=86_400.0, gt=0)
+    units: int = Field(default=32, ge=1)  # GRU and dense width
+    patience: int = Field(default=3, ge=1)  # early-stopping epochs without improvement
+    threads_per_worker: int = Field(default=1, ge=1)  # CPUs (and TF threads) per Train worker
+    history_days: int = Field(default=14, ge=2)  # days of aggregates a training job reads
+    measures: tuple[str, ...] = ("P1", "P2", "temperature", "humidity", "pressure")
 
 
 class ServeSettings(BaseModel):

@@ -34,7 +34,10 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def stack_settings(stack_dir: Path) -> Iterator[Settings]:
     """Settings pointing at a running stack started for this test session."""
-    base = Settings(stack=StackSettings(state_dir=stack_dir))
+    # The Flink job is not part of the session stack: its tests run their own jobs.
+    base = Settings(
+        stack=StackSettings(state_dir=stack_dir, services=("redis", "kafka", "influxdb", "ray"))
+    )
     control.up(base)
     try:
         yield control.load_stack_settings(base, stack_dir.resolve())

@@ -253,3 +253,30 @@ def test_shared_core_never_imports_runtimes() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.flink
+@pytest.mark.slow
+def test_flink_job_runs_as_a_supervised_service(tmp_path: Path) -> None:
+    settings = Settings(
+        stack=StackSettings(state_dir=tmp_path / "flink-stack", services=("kafka", "flink"))
+    )
+    control.up(settings)
+    try:
+        report = control.status(settings)
+        assert report["flink"]["healthy"], report
+        stack = control.load_stack_settings(settings, settings.stack.state_dir.resolve())
+        from aircast.kafka import admin
+
+        client = admin(stack.kafka)
+        try:  # the topics the job reads and writes exist before it starts
+            assert set(client.list_topics()) >= {stack.kafka.raw_topic, stack.kafka.readings_topic}
+        finally:
+            client.close()
+    finally:
+        control.down(settings)
+    assert control.stack_processes(settings.stack.state_dir) == []
+    java = subprocess.run(
+        ["pgrep", "-f", str(settings.stack.state_dir.resolve())], capture_output=True, text=True
+    )
+    assert java.stdout.strip() == ""

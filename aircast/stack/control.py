@@ -98,12 +98,16 @@ def up(settings: Settings, *, services: tuple[str, ...] | None = None) -> StackI
     state_dir.mkdir(parents=True, exist_ok=True)
     wanted = services or settings.stack.services
     password = settings.influx.password.get_secret_value() if settings.influx.password else ""
+    from aircast.kafka import all_topics
+
     plan = Plan(
         state_dir=state_dir,
         services=tuple(wanted),
         ports=choose_ports(tuple(wanted), _preferred(settings)),
         influx_username=settings.influx.username or "aircast",
         influx_password=password or "aircast-local",
+        topics=all_topics(settings.kafka),
+        flink_python=str(settings.flink.python),
     )
     build_services(plan)  # fail fast on a missing binary, before anything starts
     (state_dir / "plan.json").write_text(json.dumps(plan.to_json(), indent=2), encoding="utf-8")
@@ -301,9 +305,15 @@ def status(settings: Settings) -> dict[str, dict[str, Any]]:
     report: dict[str, dict[str, Any]] = {}
     for service in build_services(plan):
         recorded = info.services.get(service.name, {})
+        alive = bool(recorded.get("pid")) and _alive(int(recorded["pid"]))
+        healthy = (
+            service.health()
+            if service.ready_marker is None
+            else (alive and recorded.get("status") == "healthy" and service.health())
+        )
         report[service.name] = {
             "status": recorded.get("status", "unknown"),
-            "healthy": service.health(),
+            "healthy": healthy,
             "pid": recorded.get("pid"),
             "restarts": recorded.get("restarts", 0),
             "urls": service.urls,

@@ -20,7 +20,7 @@ import httpx
 
 from aircast.errors import StackError
 
-SERVICE_ORDER: tuple[str, ...] = ("redis", "kafka", "influxdb", "ray")
+SERVICE_ORDER: tuple[str, ...] = ("redis", "kafka", "influxdb", "ray", "flink")
 
 # Every port the local stack needs, by name; "<service>.<role>".
 PORT_NAMES: dict[str, tuple[str, ...]] = {
@@ -38,6 +38,7 @@ PORT_NAMES: dict[str, tuple[str, ...]] = {
         "ray.agent_http",
         "ray.runtime_env_agent",
     ),
+    "flink": (),
 }
 
 
@@ -52,6 +53,9 @@ class Plan:
     influx_password: str
     ray_num_cpus: int = 8
     ray_object_store_bytes: int = 1_000_000_000
+    # Topics the Flink job reads and writes: created before it starts.
+    topics: tuple[str, ...] = ()
+    flink_python: str = ".venv-flink/bin/python"
 
     @property
     def logs(self) -> Path:
@@ -73,6 +77,8 @@ class Plan:
             "influx_password": self.influx_password,
             "ray_num_cpus": self.ray_num_cpus,
             "ray_object_store_bytes": self.ray_object_store_bytes,
+            "topics": list(self.topics),
+            "flink_python": self.flink_python,
         }
 
     @classmethod
@@ -88,7 +94,13 @@ class Plan:
             influx_password=str(data["influx_password"]),
             ray_num_cpus=int(str(data.get("ray_num_cpus", 8))),
             ray_object_store_bytes=int(str(data.get("ray_object_store_bytes", 1_000_000_000))),
+            topics=tuple(str(t) for t in _list(data.get("topics"))),
+            flink_python=str(data.get("flink_python", ".venv-flink/bin/python")),
         )
+
+
+def _list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list | tuple) else []
 
 
 @dataclass(frozen=True)
@@ -99,6 +111,9 @@ class Service:
     health: Callable[[], bool]
     urls: dict[str, str] = field(default_factory=dict)
     prepare: Callable[[], None] | None = None
+    # Healthy only once this text appears in the service's log after its (re)start,
+    # besides ``health()``: a port that answers is not always a service that is ready.
+    ready_marker: str | None = None
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -354,10 +369,45 @@ def _ray(plan: Plan) -> Service:
         ],
         env=ray_head_environment(),
         health=healthy,
+        ready_marker="Ray runtime started",
         urls={
             "ray": f"127.0.0.1:{p['ray.gcs']}",
             "ray-dashboard": dashboard,
         },
+    )
+
+
+def _flink(plan: Plan) -> Service:
+    """The PyFlink job on its local mini-cluster, in the Flink virtualenv."""
+    python = Path(plan.flink_python)
+    if not python.is_absolute():
+        python = Path.cwd() / python  # not resolve(): the venv is the symlink itself
+    if not python.exists():
+        raise StackError(f"the Flink virtualenv is missing ({python}); run `make setup`")
+    state = plan.state_dir.resolve()
+    kafka = f"127.0.0.1:{plan.ports['kafka.port']}" if "kafka.port" in plan.ports else None
+
+    def prepare() -> None:
+        if kafka and plan.topics:
+            from aircast.kafka import ensure_topics
+            from aircast.settings import KafkaSettings
+
+            ensure_topics(KafkaSettings(bootstrap_servers=kafka), plan.topics)
+
+    env = {
+        "AIRCAST_FLINK__CHECKPOINT_DIR": str(state / "flink" / "checkpoints"),
+        "AIRCAST_FLINK__LOG_DIR": str(state / "flink" / "log"),
+        "AIRCAST_STACK__STATE_DIR": str(state),
+    }
+    if kafka:
+        env["AIRCAST_KAFKA__BOOTSTRAP_SERVERS"] = kafka
+    return Service(
+        name="flink",
+        argv=[str(python), "-m", "flink.job"],
+        env=env,
+        health=lambda: True,  # readiness is the job's own "RUNNING" line
+        ready_marker="RUNNING",  # "flink job status=...RUNNING"
+        prepare=prepare,
     )
 
 
@@ -366,6 +416,7 @@ BUILDERS: dict[str, Callable[[Plan], Service]] = {
     "kafka": _kafka,
     "influxdb": _influx,
     "ray": _ray,
+    "flink": _flink,
 }
 
 

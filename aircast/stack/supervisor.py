@@ -105,6 +105,7 @@ class Running:
     status: str = "starting"
     restarts: list[float] = field(default_factory=list)
     started_at: float = 0.0
+    log_offset: int = 0  # size of its log when it was (re)started
 
 
 class Supervisor:
@@ -122,7 +123,9 @@ class Supervisor:
         if service.prepare is not None:
             service.prepare()
         self.plan.logs.mkdir(parents=True, exist_ok=True)
-        logfile = open(self.plan.logs / f"{service.name}.log", "ab")  # noqa: SIM115
+        log_path = self.plan.logs / f"{service.name}.log"
+        item.log_offset = log_path.stat().st_size if log_path.exists() else 0
+        logfile = open(log_path, "ab")  # noqa: SIM115
         env = {**os.environ, **service.env}
         item.process = subprocess.Popen(
             service.argv,
@@ -143,11 +146,22 @@ class Supervisor:
         while time.monotonic() < deadline and not self.stopping:
             if item.process is not None and item.process.poll() is not None:
                 return False
-            if item.service.health():
+            if item.service.health() and self._marker_seen(item):
                 item.status = "healthy"
                 return True
             time.sleep(0.2)
         return False
+
+    def _marker_seen(self, item: Running) -> bool:
+        marker = item.service.ready_marker
+        if marker is None:
+            return True
+        try:
+            with open(self.plan.logs / f"{item.service.name}.log", "rb") as fh:
+                fh.seek(item.log_offset)
+                return marker.encode() in fh.read()
+        except OSError:
+            return False
 
     def _publish(self) -> None:
         write_json(

@@ -1,0 +1,148 @@
+"""make bench-collect: points/s from Kafka into InfluxDB through the collector (decode,
+validate, line protocol, batched writes, offsets committed after each flush) beside a
+raw HTTP line-protocol writer posting the same points in the same batch size to the
+same InfluxDB, in the same run (the ceiling).
+
+Last line: one JSON object with both rates and the ratio (target ≥ 0.8).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rich.console import Console
+
+from benchmarks._common import emit, private_stack
+
+POINTS = 100_000
+BATCH = 5_000
+
+
+def readings(n: int) -> list:  # type: ignore[type-arg]
+    from aircast.records import Reading
+
+    rng = random.Random(3)
+    start = int(time.time()) - 20 * 3600
+    out = []
+    sensors = 2_000
+    for i in range(n):
+        sensor = i % sensors
+        out.append(
+            Reading(
+                sensor_id=10_000 + sensor,
+                sensor_type="SDS011",
+                location_id=20_000 + sensor,
+                latitude=48.7 + sensor / 1e4,
+                longitude=9.1 + sensor / 1e4,
+                country_code="DE",
+                country="Germany",
+                city="Stuttgart",
+                measure="P1" if i % 2 else "P2",
+                value=round(rng.uniform(1, 80), 2),
+                timestamp=start + (i // sensors) * 145,
+            )
+        )
+    return out
+
+
+def main() -> None:
+    import httpx
+
+    from aircast.collect import Collector
+    from aircast.influx import InfluxV1
+    from aircast.kafka import ensure_topics, producer
+
+    console = Console(stderr=True)
+    with private_stack("kafka", "influxdb") as base:
+        data = readings(POINTS)
+        rates_collect, rates_raw = [], []
+        for round_ in range(2):
+            kafka = base.kafka.model_copy(
+                update={
+                    "readings_topic": f"bench-readings-{round_}",
+                    "aggregates_topic": f"bench-aggs-{round_}",
+                    "dead_letter_topic": f"bench-dlq-{round_}",
+                    "partitions": 4,
+                }
+            )
+            influx = base.influx.model_copy(
+                update={
+                    "raw_database": f"bench_raw_{round_}",
+                    "aggregates_database": "bench_agg",
+                    "predictions_database": "bench_pred",
+                }
+            )
+            collect = base.collect.model_copy(
+                update={
+                    "batch_size": BATCH,
+                    "max_buffered": 4 * BATCH,
+                    "linger_ms": 500,
+                    "group_id": f"bench-{round_}",
+                }
+            )
+            settings = base.model_copy(
+                update={"kafka": kafka, "influx": influx, "collect": collect}
+            )
+            ensure_topics(
+                kafka, [kafka.readings_topic, kafka.aggregates_topic, kafka.dead_letter_topic]
+            )
+            with console.status(f"round {round_ + 1}: producing {POINTS:,} readings"):
+                p = producer(kafka)
+                for r in data:
+                    p.send(kafka.readings_topic, key=r.key.encode(), value=r.to_json())
+                p.flush()
+                p.close()
+            parts = [(kafka.readings_topic, i) for i in range(4)] + [
+                (kafka.aggregates_topic, i) for i in range(4)
+            ]
+            collector = Collector(settings, parts)
+            t0 = time.perf_counter()
+            stats = collector.run(until_idle_s=1.0)
+            elapsed = time.perf_counter() - t0 - 1.0  # minus the idle wait that ends it
+            collector.close()
+            assert stats.points.get(influx.raw_database) == POINTS, stats
+            rates_collect.append(POINTS / elapsed)
+
+            # The ceiling: the same points, prebuilt lines, same batch size, raw HTTP.
+            lines = [r.line() for r in data]
+            with InfluxV1(influx) as client:
+                client.create_database(f"bench_ceiling_{round_}")
+            auth = (
+                influx.username or "",
+                influx.password.get_secret_value() if influx.password else "",
+            )
+            with httpx.Client(base_url=influx.url, auth=auth, timeout=30) as http:
+                t0 = time.perf_counter()
+                for i in range(0, len(lines), BATCH):
+                    r = http.post(
+                        "/write",
+                        params={"db": f"bench_ceiling_{round_}", "precision": "s"},
+                        content="\n".join(lines[i : i + BATCH]).encode(),
+                    )
+                    r.raise_for_status()
+                rates_raw.append(POINTS / (time.perf_counter() - t0))
+            console.print(
+                f"round {round_ + 1}: collector {rates_collect[-1]:,.0f} pts/s, "
+                f"raw writer {rates_raw[-1]:,.0f} pts/s"
+            )
+    best_c, best_r = max(rates_collect), max(rates_raw)
+    emit(
+        {
+            "benchmark": "collect",
+            "points": POINTS,
+            "batch": BATCH,
+            "collector_points_per_s": round(best_c),
+            "raw_writer_points_per_s": round(best_r),
+            "ratio": round(best_c / best_r, 3),
+            "target_ratio": 0.8,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
