@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -81,7 +82,8 @@ def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """Bring the stack up, start the pipeline stages, print URLs; Ctrl-C stops all."""
+    """Bring the stack up, start the pipeline, print the URLs and where each stage
+    stands until Ctrl-C; then stop the pipeline and the stack (if started here)."""
     stop = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -91,24 +93,81 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     info = control.running(settings.stack.state_dir.resolve())
     started_here = info is None
     if info is None:
-        with console.status("starting the local stack..."):
+        with console.status("starting the local stack (first run: a minute)..."):
             info = control.up(settings)
     settings = load_settings(args.config)
     print_urls(info)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    running = None
     try:
+        if "ray" in settings.stack.services and not args.no_pipeline:
+            running = _start_pipeline(settings)
         console.print("pipeline running; press Ctrl-C to stop")
+        last = 0.0
         while not stop:
+            if time.monotonic() - last >= args.status_every:
+                _print_status(settings, running)
+                last = time.monotonic()
             if args.once:
                 break
             time.sleep(0.5)
     finally:
+        if running is not None:
+            from actors import pipeline
+
+            with console.status("stopping the pipeline..."):
+                pipeline.stop(running)
         if started_here and not args.keep:
             with console.status("stopping the local stack..."):
                 control.down(settings)
             console.print("stack stopped; nothing left running")
     return 0
+
+
+def _start_pipeline(settings: Settings) -> Any:
+    import os
+
+    from aircast.stack.services import ray_environment
+
+    for name, value in ray_environment().items():
+        os.environ.setdefault(name, value)
+    from actors import pipeline
+    from actors.ingest import choose_source
+
+    source = choose_source(settings)  # probes the live API once; fails fast offline
+    if source == "simulator":
+        err.print("[yellow]live API unreachable: ingesting the built-in SIMULATOR[/yellow]")
+    running = pipeline.submit_jobs(settings, source)
+    with console.status("deploying the HTTP API on Ray Serve..."):
+        settings, running.serve_url = pipeline.deploy_serve(settings)
+    table = Table(title="aircast pipeline")
+    table.add_column("what")
+    table.add_column("where")
+    table.add_row("live map", f"{running.serve_url}/ui/")
+    table.add_row("HTTP API (OpenAPI docs)", f"{running.serve_url}/docs")
+    table.add_row("Ray dashboard: jobs", f"{settings.ray.dashboard_url}/#/jobs")
+    table.add_row("Ray dashboard: Serve", f"{settings.ray.dashboard_url}/#/serve")
+    for name, job_id in running.jobs.items():
+        table.add_row(
+            f"ray job: {name}", f"ray job logs {job_id} --address {settings.ray.dashboard_url}"
+        )
+    table.add_row("source", source)
+    console.print(table)
+    return running
+
+
+def _print_status(settings: Settings, running: Any) -> None:
+    from aircast import pipeline
+
+    try:
+        line = pipeline.status(settings).line()
+    except Exception as exc:
+        line = f"status unavailable: {exc}"
+    jobs = ""
+    if running is not None:
+        jobs = " " + " ".join(f"{k}={v}" for k, v in running.statuses().items())
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}{jobs}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="stack up + pipeline until Ctrl-C")
     p.add_argument("--once", action="store_true", help="start, report, stop (smoke test)")
     p.add_argument("--keep", action="store_true", help="leave the stack up on exit")
+    p.add_argument("--no-pipeline", action="store_true", help="only the stack")
+    p.add_argument("--status-every", type=float, default=15.0, help="seconds between lines")
     p.set_defaults(func=cmd_run)
 
     from aircast import commands

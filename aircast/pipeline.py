@@ -1,0 +1,93 @@
+"""Where each stage of the running pipeline stands: topic sizes, the collectors' lag,
+dead letters and recent points in InfluxDB. Read-only; used by `aircast run` and
+`aircast pipeline status`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from aircast.errors import StorageError
+from aircast.influx import InfluxV1
+from aircast.kafka import admin, connection_options
+from aircast.measures import MEASURES
+from aircast.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    topics: dict[str, int]  # messages per topic (sum of end offsets)
+    collector_lag: int | None  # messages the collectors have not committed yet
+    raw_points_1h: int | None  # readings written to InfluxDB in the last hour (by time)
+    aggregate_points_1h: int | None
+
+    def line(self) -> str:
+        t = self.topics
+        return (
+            f"raw={t.get('raw', 0)} readings={t.get('readings', 0)} "
+            f"aggregates={t.get('aggregates', 0)} dead_letters={t.get('dead_letter', 0)} "
+            f"collector_lag={self.collector_lag} influx_points_1h={self.raw_points_1h} "
+            f"aggregate_points_1h={self.aggregate_points_1h}"
+        )
+
+
+def _end_offsets(consumer: KafkaConsumer, topic: str) -> dict[TopicPartition, int]:
+    partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    return dict(consumer.end_offsets(tps)) if tps else {}
+
+
+def status(settings: Settings) -> PipelineStatus:
+    k = settings.kafka
+    names = {
+        "raw": k.raw_topic,
+        "readings": k.readings_topic,
+        "aggregates": k.aggregates_topic,
+        "dead_letter": k.dead_letter_topic,
+    }
+    consumer = KafkaConsumer(**connection_options(k), enable_auto_commit=False)
+    ends: dict[str, dict[TopicPartition, int]] = {}
+    try:
+        for label, topic in names.items():
+            ends[label] = _end_offsets(consumer, topic)
+    finally:
+        consumer.close()
+    topics = {label: sum(e.values()) for label, e in ends.items()}
+    lag: int | None = None
+    try:
+        client = admin(k)
+        try:
+            group = settings.collect.group_id
+            committed: dict[Any, Any] = client.list_group_offsets(group).get(group, {})
+        finally:
+            client.close()
+        lag = 0
+        for label in ("readings", "aggregates"):
+            for tp, end in ends[label].items():
+                done = committed.get(tp)
+                # max(): tansu's end offsets can trail the committed ones by a batch.
+                lag += max(0, end - (done.offset if done is not None and done.offset >= 0 else 0))
+    except KafkaError as exc:
+        log.debug("collector lag unavailable error=%s", exc)
+    raw = _recent(settings, settings.influx.raw_database, "value")
+    agg = _recent(settings, settings.influx.aggregates_database, "mean")
+    return PipelineStatus(topics, lag, raw, agg)
+
+
+def _recent(settings: Settings, database: str, field: str) -> int | None:
+    names = ",".join(f'"{m.name}"' for m in MEASURES)
+    try:
+        with InfluxV1(settings.influx.model_copy(update={"retries": 0})) as influx:
+            rows = influx.rows(
+                f'SELECT count("{field}") FROM {names} WHERE time > now() - 1h', database
+            )
+    except StorageError as exc:
+        log.debug("influx count unavailable db=%s error=%s", database, exc)
+        return None
+    return sum(int(r["count"]) for r in rows)

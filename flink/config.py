@@ -1,0 +1,119 @@
+"""What the job asks of Flink, derived from the settings: plain data, no PyFlink import.
+
+* :func:`flink_configuration` — checkpointing, delivery, restart strategy, recovery;
+* :func:`latest_checkpoint` — the retained checkpoint a (re)started job resumes from;
+* :func:`kafka_properties` / :func:`sink_ddl` — the Kafka clients' options.
+
+Checkpoints live under ``<checkpoint_dir>/<job id>/chk-<n>/_metadata`` and are kept
+when the job is cancelled or killed (externalized, ``RETAIN_ON_CANCELLATION``), so the
+next start finds the newest complete one and carries on from its offsets and state.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from aircast.settings import KafkaSettings, Settings
+
+JOB_NAME = "aircast-flink"
+# Kafka's default broker cap (transaction.max.timeout.ms) is 15 minutes; Flink's
+# producer default (1 hour) would be refused by a real cluster under exactly-once.
+TRANSACTION_TIMEOUT_MS = 900_000
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint under ``checkpoint_dir`` (any job id), or None.
+
+    A checkpoint is complete once its ``_metadata`` file exists (Flink writes it last).
+    """
+    if not checkpoint_dir.is_dir():
+        return None
+    complete = [m.parent for m in checkpoint_dir.glob("*/chk-*/_metadata") if m.is_file()]
+    if not complete:
+        return None
+    return max(complete, key=lambda p: (p.stat().st_mtime_ns, _checkpoint_number(p)))
+
+
+def _checkpoint_number(path: Path) -> int:
+    try:
+        return int(path.name.removeprefix("chk-"))
+    except ValueError:
+        return -1
+
+
+def flink_configuration(settings: Settings, resume_from: Path | None) -> dict[str, str]:
+    """The mini-cluster's configuration (Flink 2.0 option names)."""
+    f = settings.flink
+    exactly_once = f.delivery == "exactly-once"
+    conf = {
+        "pipeline.name": JOB_NAME,
+        "parallelism.default": str(f.parallelism),
+        "execution.checkpointing.interval": f"{f.checkpoint_interval_ms} ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE" if exactly_once else "AT_LEAST_ONCE",
+        "execution.checkpointing.storage": "filesystem",
+        "execution.checkpointing.dir": f.checkpoint_dir.resolve().as_uri(),
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": "2",
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": str(f.restart_attempts),
+        "restart-strategy.fixed-delay.delay": f"{f.restart_delay_ms} ms",
+        # The Python workers run the interpreter of this (Flink) virtualenv.
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+    }
+    if resume_from is not None:
+        conf["execution.state-recovery.path"] = resume_from.resolve().as_uri()
+    return conf
+
+
+def kafka_properties(kafka: KafkaSettings) -> dict[str, str]:
+    """Kafka client properties (Java names) shared by the source and the sinks."""
+    props = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "security.protocol": kafka.security_protocol,
+    }
+    if kafka.sasl_mechanism:
+        props["sasl.mechanism"] = kafka.sasl_mechanism
+        password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
+        module = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule"
+            if kafka.sasl_mechanism.upper().startswith("SCRAM")
+            else "org.apache.kafka.common.security.plain.PlainLoginModule"
+        )
+        props["sasl.jaas.config"] = (
+            f"{module} required username={json.dumps(kafka.sasl_username or '')} "
+            f"password={json.dumps(password)};"
+        )
+    return props
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def sink_ddl(table: str, topic: str, settings: Settings, name: str) -> str:
+    """A keyed Kafka sink table ``(k STRING, v STRING)``: k is the message key, v its
+    value, both written as UTF-8 bytes as they are (``raw`` format).
+
+    The Table API's Kafka sink is used because PyFlink's DataStream ``KafkaSink`` can only
+    serialize the whole element for both key and value. It is the same ``KafkaSink``
+    underneath, with the same delivery guarantees; the key's hash picks the partition.
+    """
+    options = {
+        "connector": "kafka",
+        "topic": topic,
+        "key.format": "raw",
+        "key.fields": "k",
+        "value.format": "raw",
+        "value.fields-include": "EXCEPT_KEY",
+        "sink.delivery-guarantee": settings.flink.delivery,
+    }
+    if settings.flink.delivery == "exactly-once":
+        options["sink.transactional-id-prefix"] = f"{settings.flink.group_id}-{name}"
+        options["properties.transaction.timeout.ms"] = str(TRANSACTION_TIMEOUT_MS)
+    for key, value in kafka_properties(settings.kafka).items():
+        options[f"properties.{key}"] = value
+    body = ",\n  ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in options.items())
+    return f"CREATE TEMPORARY TABLE {table} (k STRING, v STRING) WITH (\n  {body}\n)"

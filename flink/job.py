@@ -1,0 +1,168 @@
+"""The PyFlink job: raw feed records → readings, 10-minute aggregates, dead letters.
+
+Run (Flink virtualenv): ``.venv-flink/bin/python -m flink.job [--config PATH]``. It runs
+on a local mini-cluster in the foreground until SIGTERM/SIGINT, then cancels the job
+(its checkpoints are retained) and exits; the JVM exits with it (it watches this
+process's pipe, so even ``kill -9`` leaves no JVM behind).
+
+Topology (parallelism ``flink.parallelism``)::
+
+    raw topic → KafkaSource → SplitMessage ──(rejections)──────────────→ dead-letter topic
+      → event time + watermarks → key sensor:measure → DropDuplicates ─(duplicate)─→ dead-letter
+      → readings topic
+      → key sensor:measure → 10-minute windows → aggregates topic
+                                               └─(late)─→ dead-letter topic
+
+**One keyed readings topic**, not one topic per measure as in the original: the key
+``<sensor_id>:<measure>`` keeps each sensor's measure in order on one partition, a new
+measure needs no new topic, consumer group or deployment, the collector reads one topic,
+and the routing bug of the original (every per-topic filter captured the loop's last
+value type) cannot exist because there is no per-measure routing code at all; the
+measure is data (key and value), checked by tests.
+
+**Duplicates**: a (sensor, measure, timestamp) seen again within ``flink.dedupe_ttl_s``
+goes to the dead-letter topic (``duplicate``), never to the readings or the aggregates.
+
+**Windows**: tumbling 10-minute event-time windows per ``sensor:measure``; watermarks
+trail the newest reading by ``flink.watermark_out_of_orderness_s``; a window fires when
+the watermark passes its end and fires again, with the updated aggregate, for each
+reading arriving within ``flink.allowed_lateness_s`` after that (same key and window
+start: the collector overwrites the same InfluxDB point). Later readings are delivered
+as readings but dead-lettered ``late`` (``values=0``) for the aggregate.
+
+**Delivery**: checkpoints every ``flink.checkpoint_interval_ms`` to
+``flink.checkpoint_dir``, retained on cancel; a start resumes from the newest one.
+``flink.delivery`` at-least-once (default) or exactly-once (Kafka transactions committed
+on checkpoints: downstream consumers read with ``isolation_level=read_committed``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from aircast.settings import Settings, load_settings
+from flink.config import JOB_NAME, flink_configuration, latest_checkpoint
+
+log = logging.getLogger("flink.job")
+
+_TERMINAL = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
+
+
+def build(settings: Settings, resume_from: Path | None) -> object:
+    """The configured execution environment with the whole topology attached."""
+    from flink.topology import attach, environment
+
+    env = environment(flink_configuration(settings, resume_from))
+    attach(env, settings)
+    return env
+
+
+class _Stop:
+    """Set by SIGTERM/SIGINT; the main loop polls it between job status checks."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signum
+
+
+def _checkpoint_watch(checkpoint_dir: Path, last: Path | None, first: bool) -> Path | None:
+    newest = latest_checkpoint(checkpoint_dir)
+    if newest is not None and newest != last:
+        # The first one proves recovery works; the routine ones only at DEBUG.
+        log.log(logging.INFO if first else logging.DEBUG, "checkpoint completed path=%s", newest)
+    return newest
+
+
+def run(settings: Settings) -> int:
+    """Run the job until a signal (exit 0) or a failure beyond the restart strategy (1)."""
+    from py4j.protocol import Py4JError
+
+    f = settings.flink
+    f.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = latest_checkpoint(f.checkpoint_dir)
+    log.info(
+        "flink job starting raw=%s readings=%s aggregates=%s dead_letter=%s delivery=%s "
+        "parallelism=%d resume_from=%s",
+        settings.kafka.raw_topic,
+        settings.kafka.readings_topic,
+        settings.kafka.aggregates_topic,
+        settings.kafka.dead_letter_topic,
+        f.delivery,
+        f.parallelism,
+        resume_from or "none (committed offsets, else earliest)",
+    )
+    stop = _Stop()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    env = build(settings, resume_from)
+    client = env.execute_async(JOB_NAME)  # type: ignore[attr-defined]
+    log.info("flink job submitted job_id=%s", client.get_job_id())
+    status = ""
+    last_checkpoint = resume_from
+    checkpoints = 0
+    while stop.signal is None:
+        try:
+            current = str(client.get_job_status().result())
+        except Py4JError as exc:
+            log.error("flink mini-cluster unreachable error=%s", exc)
+            return 1
+        if current != status:
+            log.info("flink job status=%s", current)
+            status = current
+        if status in _TERMINAL:
+            return _finished(client, status)
+        newest = _checkpoint_watch(f.checkpoint_dir, last_checkpoint, first=checkpoints == 0)
+        if newest != last_checkpoint:
+            checkpoints += 1
+            last_checkpoint = newest
+        time.sleep(0.5)
+    log.info("flink job stopping signal=%s", signal.Signals(stop.signal).name)
+    try:
+        client.cancel().result()
+    except Py4JError as exc:  # the JVM may be going down with us (signal to the group)
+        log.warning("flink job cancel failed error=%s", exc)
+        return 0
+    log.info("flink job cancelled; checkpoints kept in %s", f.checkpoint_dir)
+    return 0
+
+
+def _finished(client: object, status: str) -> int:
+    if status == "FAILED":
+        try:
+            client.get_job_execution_result().result()  # type: ignore[attr-defined]
+        except Exception as exc:  # the Java failure, for the log
+            log.error("flink job failed (restart attempts exhausted) error=%s", exc)
+        return 1
+    log.info("flink job ended status=%s", status)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flink.job", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=None, help="settings YAML file")
+    args = parser.parse_args(argv)
+    settings = load_settings(args.config)
+    # Our own handler, not the root logger's: PyFlink's in-process Python workers
+    # redirect the root logger into the JVM's log file once the job runs.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(settings.log_level)
+    log.propagate = False
+    # The JVM's log files go to the configured folder, not into the installed package.
+    settings.flink.log_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["FLINK_LOG_DIR"] = str(settings.flink.log_dir.resolve())
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""The whole PyFlink job on a local mini-cluster against the session's real broker.
+
+The job runs as it does in production: ``.venv-flink/bin/python -m flink.job --config``,
+a subprocess, stopped with SIGTERM (or killed with SIGKILL to prove recovery). The raw
+topic of these tests has one partition so the order of event times, hence which
+readings are late, is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+from kafka import KafkaConsumer, TopicPartition
+
+from aircast import records as R
+from aircast.kafka import consumer, ensure_topics, producer
+from aircast.settings import Settings
+
+from .conftest import REPO, unique
+
+pytestmark = [pytest.mark.slow, pytest.mark.flink]
+
+FLINK_PYTHON = REPO / ".venv-flink" / "bin" / "python"
+BASE = 1_704_067_200  # 2024-01-01 00:00:00 UTC, a window start
+START_TIMEOUT_S = 180  # a JVM start on a loaded 2-core machine
+
+
+@dataclass
+class Job:
+    settings: Settings
+    config: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    children: list[psutil.Process] = field(default_factory=list)
+
+    def start(self) -> None:
+        out = open(self.log, "ab")  # noqa: SIM115 - owned by the child until it exits
+        self.proc = subprocess.Popen(
+            [str(FLINK_PYTHON), "-m", "flink.job", "--config", str(self.config)],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        out.close()
+
+    def track_children(self) -> None:
+        assert self.proc is not None
+        self.children = psutil.Process(self.proc.pid).children(recursive=True)
+        assert any("java" in c.name() for c in self.children), "no JVM under the job"
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.track_children()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=90)
+        _, alive = psutil.wait_procs(self.children, timeout=60)
+        assert not alive, f"left behind: {alive}"
+        return code
+
+    def kill_now(self) -> None:
+        for p in [self.proc and psutil.Process(self.proc.pid), *self.children]:
+            try:
+                if p is not None:
+                    p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def job_settings(
+    stack: Settings, tmp_path: Path, delivery: str, interval_ms: int
+) -> tuple[Settings, Path]:
+    name = unique("flink")
+    overlay: dict[str, Any] = {
+        "kafka": {
+            "bootstrap_servers": stack.kafka.bootstrap_servers,
+            "raw_topic": f"{name}.raw",
+            "readings_topic": f"{name}.readings",
+            "aggregates_topic": f"{name}.aggregates",
+            "dead_letter_topic": f"{name}.dead-letter",
+        },
+        "flink": {
+            "group_id": name,
+            "delivery": delivery,
+            "checkpoint_interval_ms": interval_ms,
+            "checkpoint_dir": str(tmp_path / "checkpoints"),
+            "log_dir": str(tmp_path / "log"),
+            "watermark_out_of_orderness_s": 60,
+            "allowed_lateness_s": 600,
+            "restart_delay_ms": 500,
+        },
+    }
+    config = tmp_path / "flink.yaml"
+    config.write_text(yaml.safe_dump(overlay))
+    kafka = stack.kafka.model_copy(update=overlay["kafka"])
+    settings = stack.model_copy(
+        update={"kafka": kafka, "flink": stack.flink.model_copy(update=overlay["flink"])}
+    )
+    ensure_topics(kafka.model_copy(update={"partitions": 1}), [kafka.raw_topic])
+    ensure_topics(kafka, [kafka.readings_topic, kafka.aggregates_topic, kafka.dead_letter_topic])
+    return settings, config
+
+
+class Topic:
+    """Everything a topic holds (committed records only), read from the beginning."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.consumer: KafkaConsumer = consumer(settings.kafka, isolation_level="read_committed")
+        parts = self.consumer.partitions_for_topic(topic) or set()
+        self.consumer.assign([TopicPartition(topic, p) for p in parts])
+        self.consumer.seek_to_beginning()
+        self.messages: list[tuple[str | None, str]] = []
+
+    def poll(self) -> list[tuple[str | None, str]]:
+        for records in self.consumer.poll(timeout_ms=200).values():
+            self.messages.extend(
+                (r.key.decode() if r.key is not None else None, r.value.decode()) for r in records
+            )
+        return self.messages
+
+
+def wait_for(
+    topics: dict[str, Topic], done: Callable[[dict[str, list[Any]]], bool], job: Job, timeout: float
+) -> dict[str, list[Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = {name: t.poll() for name, t in topics.items()}
+        if done(seen):
+            return seen
+        assert job.proc is not None and job.proc.poll() is None, job.text()[-3000:]
+        assert time.monotonic() < deadline, (
+            f"timed out: { ({k: len(v) for k, v in seen.items()}) }\n{job.text()[-3000:]}"
+        )
+
+
+def settle(topics: dict[str, Topic], seconds: float) -> dict[str, list[Any]]:
+    """Keep reading a while: exactness needs nothing extra arriving late."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for t in topics.values():
+            t.poll()
+    return {name: t.messages for name, t in topics.items()}
+
+
+def feed_record(sensor: int, ts: int, values: dict[str, str], indoor: int = 0) -> dict[str, Any]:
+    return {
+        "id": sensor * 1_000_000 + ts % 1_000_000,
+        "timestamp": R.format_timestamp(ts),
+        "location": {
+            "id": sensor + 5000,
+            "latitude": "48.7400",
+            "longitude": "9.3160",
+            "country": "DE",
+            "indoor": indoor,
+        },
+        "sensor": {"id": sensor, "sensor_type": {"name": "SDS011"}},
+        "sensordatavalues": [{"value_type": k, "value": v} for k, v in values.items()],
+        "place": {"city": "Esslingen", "region": "BW", "country": "Germany", "country_code": "DE"},
+    }
+
+
+def produce(settings: Settings, messages: list[dict[str, Any] | str]) -> None:
+    prod = producer(settings.kafka)
+    for m in messages:
+        value = m if isinstance(m, str) else json.dumps(m)
+        key = str(m["sensor"]["id"]) if isinstance(m, dict) else "unknown"
+        prod.send(settings.kafka.raw_topic, key=key.encode(), value=value.encode())
+    prod.flush()
+    prod.close()
+
+
+def expected_outcomes(messages: list[dict[str, Any] | str]) -> list[R.Reading | R.Rejection]:
+    return [o for m in messages for o in R.split_record(m if isinstance(m, dict) else None)]
+
+
+@pytest.fixture()
+def topics_of() -> Iterator[Callable[[Settings], dict[str, Topic]]]:
+    opened: list[Topic] = []
+
+    def make(settings: Settings) -> dict[str, Topic]:
+        k = settings.kafka
+        made = {
+            "readings": Topic(settings, k.readings_topic),
+            "aggregates": Topic(settings, k.aggregates_topic),
+            "dead": Topic(settings, k.dead_letter_topic),
+        }
+        opened.extend(made.values())
+        return made
+
+    yield make
+    for t in opened:
+        t.consumer.close()
+
+
+def test_job_splits_dedupes_aggregates_and_dead_letters(
+    stack_settings: Settings, tmp_path: Path, topics_of: Callable[[Settings], dict[str, Topic]]
+) -> None:
+    settings, config = job_settings(stack_settings, tmp_path, "at-least-once", 2000)
+    dup = feed_record(101, BASE + 10, {"P1": "10", "P2": "5"})
+    no_values = feed_record(104, BASE + 50, {})
+    del no_values["sensordatavalues"]
+    phase_a: list[dict[str, Any] | str] = [
+        dup,
+        feed_record(
+            102, BASE + 20, {"temperature": "21.5", "humidity": "100", "pressure": "98000"}
+        ),
+        feed_record(101, BASE + 160, {"P1": "12", "P2": "7"}),
+        dict(dup),  # the same reading again: duplicate, counted once
+        feed_record(102, BASE + 170, {"temperature": "99", "humidity": "abc", "pressure": "98100"}),
+        feed_record(103, BASE + 30, {"P1": "3", "P2": "2"}, indoor=1),
+        "{not json",
+        no_values,
+        feed_record(105, BASE + 40, {"radon": "1", "P1": "4"}),
+        feed_record(101, BASE + 700, {"P1": "20", "P2": "9"}),  # second window
+        # Moves the watermark to BASE+1740: window 0 closes for good (end + lateness =
+        # BASE+1200), window 1 fires and stays open for late readings until BASE+1800.
+        feed_record(101, BASE + 1800, {"P1": "30"}),
+    ]
+    phase_b: list[dict[str, Any] | str] = [
+        feed_record(102, BASE + 100, {"temperature": "22"}),  # window 0: too late
+        feed_record(101, BASE + 800, {"P1": "22"}),  # window 1: late but allowed
+    ]
+    topics = topics_of(settings)
+    job = Job(settings, config, tmp_path / "job.log")
+    produce(settings, phase_a)
+    job.start()
+    try:
+        seen = wait_for(
+            topics,
+            lambda s: len(s["aggregates"]) >= 8 and len(s["readings"]) >= 12,
+            job,
+            START_TIMEOUT_S,
+        )
+        job.track_children()
+        # Only now: the watermark has passed window 0, so this reading is late for it.
+        produce(settings, phase_b)
+        wait_for(
+            topics,
+            lambda s: len(s["aggregates"]) >= 9 and len(s["dead"]) >= 10,
+            job,
+            60,
+        )
+        seen = settle(topics, 4)
+    finally:
+        code = job.stop() if job.proc and job.proc.poll() is None else None
+    assert code == 0, job.text()[-3000:]
+
+    # Readings: every valid value once, under its own key; the duplicate is not there.
+    outcomes = expected_outcomes(phase_a + phase_b)
+    want = Counter(o.key for o in outcomes if isinstance(o, R.Reading))
+    want["101:P1"] -= 1
+    want["101:P2"] -= 1  # the duplicate's two values
+    got = [(k, R.Reading.from_json(v)) for k, v in seen["readings"]]
+    assert all(k == r.key for k, r in got)
+    assert Counter(k for k, _ in got) == +want
+    assert len(got) == 14
+    assert len({(r.key, r.timestamp) for _, r in got}) == 14
+
+    # Dead letters: each with its reason; values conserved (late ones account for 0).
+    letters = [R.DeadLetter.from_json(v) for _, v in seen["dead"]]
+    assert Counter(d.reason for d in letters) == {
+        R.DUPLICATE: 2,
+        R.OUT_OF_RANGE: 1,
+        R.NOT_NUMERIC: 1,
+        R.INDOOR: 2,
+        R.MALFORMED: 1,
+        R.MISSING_FIELD: 1,
+        R.UNKNOWN_TYPE: 1,
+        R.LATE: 1,
+    }
+    assert all(d.stage == "flink" for d in letters)
+    (late,) = [d for d in letters if d.reason == R.LATE]
+    assert (late.key, late.values, R.Reading.from_json(late.payload).value) == (
+        "102:temperature",
+        0,
+        22.0,
+    )
+    (malformed,) = [d for d in letters if d.reason == R.MALFORMED]
+    assert malformed.payload == "{not json"
+    values_in = sum(R.value_count(m) if isinstance(m, dict) else 1 for m in phase_a + phase_b)
+    assert values_in == len(got) + sum(d.values for d in letters) == 23
+
+    # Aggregates: window 0 and 1 fired; window 1 of 101:P1 fired again with the late
+    # (allowed) reading; the duplicate was never counted; the too-late reading is not in.
+    aggs = [R.Aggregate.from_json(v) for _, v in seen["aggregates"]]
+    by_window = {(a.key, a.window_start - BASE, a.count, a.mean) for a in aggs}
+    assert by_window == {
+        ("101:P1", 0, 2, 11.0),
+        ("101:P2", 0, 2, 6.0),
+        ("102:temperature", 0, 1, 21.5),
+        ("102:humidity", 0, 1, 100.0),
+        ("102:pressure", 0, 2, 98050.0),
+        ("105:P1", 0, 1, 4.0),
+        ("101:P1", 600, 1, 20.0),
+        ("101:P2", 600, 1, 9.0),
+        ("101:P1", 600, 2, 21.0),
+    }
+    assert len(aggs) == 9
+    assert "flink job starting" in job.text() and "flink job cancelled" in job.text()
+
+
+def test_killed_job_resumes_from_checkpoint_without_loss_or_repeats(
+    stack_settings: Settings, tmp_path: Path, topics_of: Callable[[Settings], dict[str, Topic]]
+) -> None:
+    settings, config = job_settings(stack_settings, tmp_path, "exactly-once", 1000)
+    sensors = 20
+    messages = _all_messages(sensors, 1200)
+    topics = topics_of(settings)
+    job = Job(settings, config, tmp_path / "job.log")
+    stop_feeding = threading.Event()
+
+    def feed(rest: list[dict[str, Any] | str]) -> None:
+        # A live stream: the kill happens while records keep coming.
+        for start in range(0, len(rest), 40):
+            if stop_feeding.is_set():
+                return
+            produce(settings, rest[start : start + 40])
+            time.sleep(0.25)
+
+    produce(settings, messages[:200])
+    job.start()
+    try:
+        wait_for(topics, lambda s: len(s["readings"]) > 0, job, START_TIMEOUT_S)
+        job.track_children()
+        feeder = threading.Thread(target=feed, args=(messages[200:],), daemon=True)
+        feeder.start()
+        time.sleep(2.0)  # mid-stream, with transactions open
+        assert feeder.is_alive()
+        assert job.stop(signal.SIGKILL) == -signal.SIGKILL  # and its JVM went with it
+        assert "checkpoint completed" in job.text()
+        job.start()
+        feeder.join(timeout=120)
+        outcomes = expected_outcomes(messages)
+        want_readings = Counter(
+            (o.key, o.timestamp, o.value) for o in outcomes if isinstance(o, R.Reading)
+        )
+        want_letters = Counter((o.reason, o.values) for o in outcomes if isinstance(o, R.Rejection))
+        max_ts = BASE + (len(messages) // sensors - 1) * 60
+        want_aggs = _expected_aggregates(outcomes, max_ts - 60)
+        wait_for(
+            topics,
+            lambda s: (
+                len(s["readings"]) >= sum(want_readings.values())
+                and len(s["aggregates"]) >= len(want_aggs)
+            ),
+            job,
+            START_TIMEOUT_S,
+        )
+        seen = settle(topics, 5)
+    finally:
+        stop_feeding.set()
+        code = job.stop() if job.proc and job.proc.poll() is None else None
+    assert code == 0, job.text()[-3000:]
+    resumed = job.text().split("flink job starting")[-1]
+    assert "resume_from=" in resumed and "/chk-" in resumed.split("resume_from=")[1][:300]
+
+    got = Counter(
+        (r.key, r.timestamp, r.value) for r in (R.Reading.from_json(v) for _, v in seen["readings"])
+    )
+    letters = Counter(
+        (d.reason, d.values) for d in (R.DeadLetter.from_json(v) for _, v in seen["dead"])
+    )
+    aggs = Counter(
+        (a.key, a.window_start, a.count, round(a.mean, 9))
+        for a in (R.Aggregate.from_json(v) for _, v in seen["aggregates"])
+    )
+    # Nothing lost, and no aggregate ever counts a value twice (restored window state).
+    assert set(got) == set(want_readings)
+    assert set(letters) == set(want_letters)
+    assert set(aggs) == set(want_aggs)
+    if (got, letters, aggs) != (want_readings, want_letters, want_aggs):
+        # Repeats can only be the killed run's aborted transactions. A broker that
+        # implements read_committed hides them; fail unless this one provably does not.
+        assert _broker_shows_aborted_records(settings), "repeats under exactly-once"
+        pytest.xfail(
+            "broker shows aborted transactional records to read_committed consumers "
+            f"(tansu: no aborted_transactions in Fetch); repeats: readings "
+            f"{sum((got - want_readings).values())}, letters "
+            f"{sum((letters - want_letters).values())}, aggregates "
+            f"{sum((aggs - want_aggs).values())}; nothing lost"
+        )
+
+
+def _broker_shows_aborted_records(settings: Settings) -> bool:
+    topic = unique("txn-probe")
+    ensure_topics(settings.kafka.model_copy(update={"partitions": 1}), [topic])
+    prod = producer(settings.kafka, transactional_id=topic)
+    prod.init_transactions()
+    prod.begin_transaction()
+    prod.send(topic, b"aborted")
+    prod.flush()
+    prod.abort_transaction()
+    prod.begin_transaction()
+    prod.send(topic, b"committed")
+    prod.flush()
+    prod.commit_transaction()
+    prod.close()
+    t = Topic(settings, topic)
+    deadline = time.monotonic() + 15
+    while not any(v == "committed" for _, v in t.poll()) and time.monotonic() < deadline:
+        pass
+    t.consumer.close()
+    return any(v == "aborted" for _, v in t.messages)
+
+
+def _all_messages(sensors: int, count: int) -> list[dict[str, Any] | str]:
+    """``count`` records of ``sensors`` sensors a minute apart; every 97th P1 is NaN."""
+    out: list[dict[str, Any] | str] = []
+    for i in range(count):
+        ts = BASE + (i // sensors) * 60
+        p1 = "nan" if i % 97 == 0 else str(i % 50)
+        out.append(feed_record(200 + i % sensors, ts, {"P1": p1, "P2": str(i % 30)}))
+    return out
+
+
+def _expected_aggregates(
+    outcomes: list[R.Reading | R.Rejection], watermark_s: int
+) -> Counter[tuple[str, int, int, float]]:
+    """Windows the final watermark has closed, computed with the domain's Aggregate."""
+    groups: dict[tuple[str, int], list[R.Reading]] = {}
+    for o in outcomes:
+        if isinstance(o, R.Reading):
+            groups.setdefault((o.key, R.window_start(o.timestamp)), []).append(o)
+    return Counter(
+        (key, start, a.count, round(a.mean, 9))
+        for (key, start), rs in groups.items()
+        if start + R.AGGREGATE_WINDOW_S <= watermark_s
+        for a in [R.Aggregate.of(rs, start)]
+    )
+
+
+def test_flink_python_is_there() -> None:
+    # Not a skip: without the Flink virtualenv the tests above cannot pass either.
+    assert FLINK_PYTHON.is_file(), "run `make setup` to build .venv-flink"
+    assert os.access(FLINK_PYTHON, os.X_OK)
