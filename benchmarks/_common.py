@@ -14,8 +14,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from aircast.settings import Settings, StackSettings  # noqa: E402
-from aircast.stack import control  # noqa: E402
+from aircast.settings import Settings, StackSettings
+from aircast.stack import control
 
 
 @contextmanager

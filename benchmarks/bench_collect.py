@@ -3,6 +3,10 @@ validate, line protocol, batched writes, offsets committed after each flush) bes
 raw HTTP line-protocol writer posting the same points in the same batch size to the
 same InfluxDB, in the same run (the ceiling).
 
+The collector is measured twice: one in-process ``Collector`` (one core), and as
+deployed, ``collect.actors`` Ray actors under the supervisor (partitions split between
+them). The deployed figure is the one compared.
+
 Last line: one JSON object with both rates and the ratio (target ≥ 0.8).
 """
 
@@ -52,15 +56,20 @@ def readings(n: int) -> list:  # type: ignore[type-arg]
 
 def main() -> None:
     import httpx
+    import ray
 
+    from actors.collect import Supervisor
     from aircast.collect import Collector
     from aircast.influx import InfluxV1
     from aircast.kafka import ensure_topics, producer
 
     console = Console(stderr=True)
-    with private_stack("kafka", "influxdb") as base:
+    with private_stack("kafka", "influxdb", "ray") as base:
+        ray.init(address=base.ray.address, log_to_driver=False)
         data = readings(POINTS)
-        rates_collect, rates_raw = [], []
+        rates_collect: list[float] = []
+        rates_single: list[float] = []
+        rates_raw: list[float] = []
         for round_ in range(2):
             kafka = base.kafka.model_copy(
                 update={
@@ -83,6 +92,7 @@ def main() -> None:
                     "max_buffered": 4 * BATCH,
                     "linger_ms": 500,
                     "group_id": f"bench-{round_}",
+                    "actors": 2,
                 }
             )
             settings = base.model_copy(
@@ -97,15 +107,34 @@ def main() -> None:
                     p.send(kafka.readings_topic, key=r.key.encode(), value=r.to_json())
                 p.flush()
                 p.close()
+
+            # One in-process collector over every partition, into its own database.
             parts = [(kafka.readings_topic, i) for i in range(4)] + [
                 (kafka.aggregates_topic, i) for i in range(4)
             ]
-            collector = Collector(settings, parts)
+            single = settings.model_copy(
+                update={
+                    "influx": influx.model_copy(update={"raw_database": f"bench_one_{round_}"}),
+                    "collect": collect.model_copy(update={"group_id": f"bench-one-{round_}"}),
+                }
+            )
+            collector = Collector(single, parts)
             t0 = time.perf_counter()
-            stats = collector.run(until_idle_s=1.0)
-            elapsed = time.perf_counter() - t0 - 1.0  # minus the idle wait that ends it
+            stats = collector.run(until_idle_s=2.0)
+            elapsed = time.perf_counter() - t0 - 2.0  # minus the idle wait that ends it
             collector.close()
-            assert stats.points.get(influx.raw_database) == POINTS, stats
+            assert stats.points.get(f"bench_one_{round_}") == POINTS, stats
+            rates_single.append(POINTS / elapsed)
+
+            # As deployed: the supervisor and its collector actors.
+            supervisor = Supervisor(settings)
+            t0 = time.perf_counter()
+            results = supervisor.run(until_idle_s=2.0)
+            elapsed = time.perf_counter() - t0 - 2.0
+            for actor in supervisor.actors:
+                ray.kill(actor)
+            written = sum(r["points"].get(influx.raw_database, 0) for r in results)
+            assert written == POINTS, results
             rates_collect.append(POINTS / elapsed)
 
             # The ceiling: the same points, prebuilt lines, same batch size, raw HTTP.
@@ -127,16 +156,20 @@ def main() -> None:
                     r.raise_for_status()
                 rates_raw.append(POINTS / (time.perf_counter() - t0))
             console.print(
-                f"round {round_ + 1}: collector {rates_collect[-1]:,.0f} pts/s, "
+                f"round {round_ + 1}: collector actors {rates_collect[-1]:,.0f} pts/s, "
+                f"one collector {rates_single[-1]:,.0f} pts/s, "
                 f"raw writer {rates_raw[-1]:,.0f} pts/s"
             )
+        ray.shutdown()
     best_c, best_r = max(rates_collect), max(rates_raw)
     emit(
         {
             "benchmark": "collect",
             "points": POINTS,
             "batch": BATCH,
+            "actors": 2,
             "collector_points_per_s": round(best_c),
+            "single_collector_points_per_s": round(max(rates_single)),
             "raw_writer_points_per_s": round(best_r),
             "ratio": round(best_c / best_r, 3),
             "target_ratio": 0.8,

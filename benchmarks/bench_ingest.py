@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rich.console import Console  # noqa: E402
+from rich.console import Console
 
-from benchmarks._common import emit, private_stack  # noqa: E402
+from benchmarks._common import emit, private_stack
 
 RECORDS = 40_000
 SENSORS = 19_400  # ≈ 2.06 records per sensor per 5-minute window
@@ -29,6 +29,7 @@ def main() -> None:
 
     from actors.ingest import Coordinator
     from aircast.cache import redis_client
+    from aircast.errors import InvalidRecord
     from aircast.geocode import CachedGeocoder, OfflineGeocoder
     from aircast.kafka import ensure_topics, producer
     from aircast.records import parse_feed_record
@@ -103,7 +104,7 @@ def main() -> None:
         for raw in snap:
             try:
                 rec = parse_feed_record(raw)
-            except Exception:  # noqa: BLE001 - faults of the simulator are expected here
+            except InvalidRecord:
                 continue
             locations[rec.location_id] = (rec.latitude, rec.longitude)
         offline = OfflineGeocoder()
