@@ -131,7 +131,8 @@ def up(settings: Settings, *, services: tuple[str, ...] | None = None) -> StackI
     if launcher.returncode != 0 or not launcher.stdout.strip().isdigit():
         raise StackError(f"cannot start the stack supervisor; see {plan.logs}/supervisor.log")
     supervisor_pid = int(launcher.stdout.strip())
-    deadline = time.monotonic() + settings.stack.startup_timeout_s * len(wanted) + 30
+    # Each service may take up to three attempts (see supervisor.START_ATTEMPTS).
+    deadline = time.monotonic() + settings.stack.startup_timeout_s * len(wanted) * 3 + 30
     while True:
         state = _read_state(state_dir)
         if state and state.get("ready"):

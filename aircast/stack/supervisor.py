@@ -28,6 +28,7 @@ from aircast.stack.services import Plan, Service, build_services
 log = logging.getLogger("aircast.stack")
 
 MAX_RESTARTS = 5
+START_ATTEMPTS = 3
 RESTART_WINDOW_S = 300.0
 STOP_GRACE_S = 15.0
 
@@ -186,19 +187,35 @@ class Supervisor:
 
     def start(self, timeout_s: float) -> bool:
         for item in self.running:
-            self._spawn(item)
-            self._publish()
-            if not self._wait_healthy(item, timeout_s):
-                code = item.process.poll() if item.process else None
-                self.error = (
-                    f"{item.service.name} did not become healthy within {timeout_s:.0f}s"
-                    + (f" (exited with {code})" if code is not None else "")
-                    + f"; see {self.plan.logs / (item.service.name + '.log')}"
-                )
-                item.status = "failed"
-                log.error("service failed name=%s error=%s", item.service.name, self.error)
+            for attempt in range(1, START_ATTEMPTS + 1):
+                self._spawn(item)
                 self._publish()
-                return False
+                if self._wait_healthy(item, timeout_s):
+                    break
+                code = item.process.poll() if item.process else None
+                if self.stopping or code is None or attempt == START_ATTEMPTS:
+                    # Still running but never ready, or out of attempts: give up.
+                    if item.process is not None:
+                        kill_group(item.process.pid, grace_s=5.0, process=item.process)
+                    self.error = (
+                        f"{item.service.name} did not become healthy within {timeout_s:.0f}s"
+                        + (f" (exited with {code})" if code is not None else "")
+                        + f"; see {self.plan.logs / (item.service.name + '.log')}"
+                    )
+                    item.status = "failed"
+                    log.error("service failed name=%s error=%s", item.service.name, self.error)
+                    self._publish()
+                    return False
+                # Exited while starting (e.g. Ray's fixed 30 s raylet registration wait
+                # on a busy machine): clean up its group and try again.
+                kill_group(item.process.pid, grace_s=5.0, process=item.process)  # type: ignore[union-attr]
+                log.warning(
+                    "service exited while starting name=%s exit=%s attempt=%d/%d",
+                    item.service.name,
+                    code,
+                    attempt,
+                    START_ATTEMPTS,
+                )
             log.info("service healthy name=%s urls=%s", item.service.name, item.service.urls)
             self._publish()
         self.ready = True
