@@ -6,6 +6,9 @@ Python function per message, and write through the same keyed Kafka sink; the id
 job's function returns the message as it is. A job's rate is the values carried from
 its first output message to its last (JVM start excluded), measured by a consumer.
 
+Both jobs run with the job's Flink configuration (``flink.execution_mode``: Python in
+the JVM's threads by default, or in worker processes).
+
 Last line: ``{"job_readings_per_s", "identity_readings_per_s", "ratio", ...}``; target
 ratio >= 0.5. Bounded: ``--records`` messages, ``--timeout`` seconds per job.
 
@@ -197,6 +200,7 @@ def main() -> None:
             "identity_readings_per_s": round(identity_rate, 1),
             "ratio": round(job_rate / identity_rate, 3),
             "target_ratio": 0.5,
+            "execution_mode": job.flink.execution_mode,
         }
     )
 

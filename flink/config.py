@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import sysconfig
 from pathlib import Path
 
 from aircast.settings import KafkaSettings, Settings
@@ -62,9 +63,14 @@ def flink_configuration(settings: Settings, resume_from: Path | None) -> dict[st
         # The Python workers run the interpreter of this (Flink) virtualenv.
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
+        "python.execution-mode": f.execution_mode,
+        # In thread mode the JVM embeds the base interpreter, which does not see the
+        # virtualenv's packages (pemja, pyflink, aircast) unless told where they are.
+        "python.pythonpath": sysconfig.get_paths()["purelib"],
     }
     if resume_from is not None:
         conf["execution.state-recovery.path"] = resume_from.resolve().as_uri()
+    conf.update(f.options)
     return conf
 
 

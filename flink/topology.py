@@ -6,14 +6,11 @@ from pathlib import Path
 
 from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
-from pyflink.common.time import Time
-from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
 from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
-from pyflink.datastream.window import TumblingEventTimeWindows
 from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
 
-from aircast.records import AGGREGATE_WINDOW_S
 from aircast.settings import Settings
 from flink import functions as F
 from flink.config import kafka_properties, sink_ddl
@@ -60,63 +57,61 @@ def _source(settings: Settings) -> KafkaSource:
 
 
 def _watermarks(settings: Settings) -> WatermarkStrategy:
-    return (
-        WatermarkStrategy.for_bounded_out_of_orderness(
-            Duration.of_seconds(settings.flink.watermark_out_of_orderness_s)
-        ).with_timestamp_assigner(F.ReadingTime())
-        # No ``with_idleness``: with it, this PyFlink 2.0.1 mini-cluster never fired a
-        # window (measured). At parallelism 1 nothing can be idle; above 1, every split
-        # instance sees readings as long as every raw partition does.
+    # No ``with_idleness``: with it, this PyFlink 2.0.1 mini-cluster never fired a
+    # window (measured). At parallelism 1 nothing can be idle; above 1, every split
+    # instance sees readings as long as every raw partition does.
+    return WatermarkStrategy.for_bounded_out_of_orderness(
+        Duration.of_seconds(settings.flink.watermark_out_of_orderness_s)
     )
 
 
-def _windows(readings: DataStream, settings: Settings) -> tuple[DataStream, DataStream]:
-    lateness_s = settings.flink.allowed_lateness_s
-    aggregates = (
-        readings.key_by(F.reading_key, key_type=Types.STRING())
-        .window(TumblingEventTimeWindows.of(Time.seconds(AGGREGATE_WINDOW_S)))
-        .allowed_lateness(lateness_s * 1000)
-        .side_output_late_data(F.LATE_READINGS)
-        .process(F.AggregateWindow(), output_type=F.KV_TYPE)
-        .name("aggregate-10min")
-        .uid("aggregate-10min")
+def _keyed_readings(split: DataStream, settings: Settings) -> KeyedStream:
+    """Event time, watermarks and the key-by, all in Java on what the split emitted.
+
+    PyFlink's own ``assign_timestamps_and_watermarks`` (Python timestamp assigner) and
+    ``key_by`` (Python key selector) would each add a Python operator; the split
+    already emits their output shapes — ``((key, carried), event ms)`` — so the same
+    Java functions they use (timestamp from field 1, key from field 0) apply directly
+    and a reading crosses the Python boundary twice, not four times.
+    """
+    jvm = get_gateway().jvm
+    eventtime = jvm.org.apache.flink.streaming.api.functions.python.eventtime
+    strategy = _watermarks(settings)._j_watermark_strategy.withTimestampAssigner(
+        eventtime.CustomTimestampAssigner()
     )
-    late = aggregates.get_side_output(F.LATE_READINGS).map(
-        F.LateRow(lateness_s), output_type=F.KV_TYPE
+    j_keyed = (
+        split._j_data_stream.assignTimestampsAndWatermarks(strategy)
+        .name("event-time")
+        .map(eventtime.RemoveTimestampMapFunction(), F.KEYED_TYPE.get_java_type_info())
+        .name("drop-event-time-field")
+        .keyBy(jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
     )
-    return aggregates, late
+    return KeyedStream(j_keyed, Types.PICKLED_BYTE_ARRAY(), split)
 
 
 def attach(env: StreamExecutionEnvironment, settings: Settings) -> None:
     """Add the whole topology (source, functions, the three keyed Kafka sinks) to ``env``."""
+    f = settings.flink
     # Stable uids: a restart maps checkpointed state (offsets, seen timestamps, open
-    # windows) back onto the same operators.
+    # windows, timers) back onto the same operators.
     raw = env.from_source(_source(settings), WatermarkStrategy.no_watermarks(), "raw-topic").uid(
         "raw-topic-source"
     )
     split = raw.process(
-        F.SplitMessage(settings.kafka.raw_topic), output_type=Types.PICKLED_BYTE_ARRAY()
+        F.SplitMessage(settings.kafka.raw_topic), output_type=F.TIMESTAMPED_TYPE
     ).name("split-validate")
-    # Event time is set right after the split (set later, behind the keyed dedupe
-    # operator, PyFlink's fused timestamp extraction never advanced the windows).
     readings = (
-        split.assign_timestamps_and_watermarks(_watermarks(settings))
-        .key_by(F.reading_key, key_type=Types.STRING())
-        .process(
-            F.DropDuplicates(settings.flink.dedupe_ttl_s), output_type=Types.PICKLED_BYTE_ARRAY()
-        )
-        .name("drop-duplicates")
-        .uid("drop-duplicates")
+        _keyed_readings(split, settings)
+        .process(F.ReadingsAndWindows(f.dedupe_ttl_s, f.allowed_lateness_s), output_type=F.KV_TYPE)
+        .name("dedupe-aggregate-10min")
+        .uid("dedupe-aggregate-10min")
     )
-    aggregates, late = _windows(readings, settings)
-    dead = split.get_side_output(F.DEAD_LETTERS).union(
-        readings.get_side_output(F.DEAD_LETTERS), late
-    )
-    reading_rows = readings.map(F.ReadingRow(), output_type=F.KV_TYPE)
+    aggregates = readings.get_side_output(F.AGGREGATES)
+    dead = split.get_side_output(F.DEAD_LETTERS).union(readings.get_side_output(F.DEAD_LETTERS))
 
     t_env = StreamTableEnvironment.create(env)
     sinks = (
-        ("readings_sink", settings.kafka.readings_topic, "readings", reading_rows),
+        ("readings_sink", settings.kafka.readings_topic, "readings", readings),
         ("aggregates_sink", settings.kafka.aggregates_topic, "aggregates", aggregates),
         ("dead_letter_sink", settings.kafka.dead_letter_topic, "dead-letter", dead),
     )

@@ -72,7 +72,15 @@ def ray_session(stack_settings: Settings) -> Iterator[Settings]:
     """This pytest process connected (once) as a driver to the stack's Ray head."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=stack_settings.ray.address, namespace="aircast-test", log_to_driver=False)
+    for attempt in range(3):  # a busy machine can make the first GCS connection time out
+        if ray.is_initialized():
+            break
+        try:
+            ray.init(
+                address=stack_settings.ray.address, namespace="aircast-test", log_to_driver=False
+            )
+        except (ConnectionError, TimeoutError):
+            if attempt == 2:
+                raise
     yield stack_settings
     ray.shutdown()

@@ -27,7 +27,8 @@ from kafka import KafkaConsumer, TopicPartition
 
 from aircast import records as R
 from aircast.kafka import consumer, ensure_topics, producer
-from aircast.settings import Settings
+from aircast.settings import Settings, StackSettings
+from aircast.stack import control
 
 from .conftest import REPO, unique
 
@@ -36,6 +37,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.flink]
 FLINK_PYTHON = REPO / ".venv-flink" / "bin" / "python"
 BASE = 1_704_067_200  # 2024-01-01 00:00:00 UTC, a window start
 START_TIMEOUT_S = 180  # a JVM start on a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A stack with the broker only: all these tests use (the session's whole stack
+    also starts Ray, which they do not need and which can fail to start for reasons
+    that are not theirs, e.g. its dashboard port taken by another Ray on the machine)."""
+    state_dir = tmp_path_factory.mktemp("flink-stack")
+    base = Settings(stack=StackSettings(state_dir=state_dir, services=("kafka",)))
+    control.up(base)
+    try:
+        yield control.load_stack_settings(base, state_dir.resolve())
+    finally:
+        control.down(base)
 
 
 @dataclass

@@ -139,6 +139,7 @@ def test_window_aggregate_uses_window_start_and_latest_location() -> None:
     assert (agg.mean, agg.min, agg.max, agg.latitude) == (20.0, 10.0, 30.0, 48.9)
     key, value = T.aggregate_row(agg)
     assert key == "468:P1" and R.Aggregate.from_json(value) == agg
+    assert value == agg.to_json().decode()
     assert T.event_time_ms(reading(start, 1.0)) == start * 1000
 
 
@@ -205,3 +206,52 @@ def test_latest_checkpoint_is_the_newest_complete_one(tmp_path: Path) -> None:
     now = time.time()
     os.utime(old / "_metadata", (now - 60, now - 60))
     assert latest_checkpoint(tmp_path) == new
+
+
+def test_reading_json_is_the_domain_encoding() -> None:
+    for r in (
+        reading(1_704_067_210, 12.5),
+        R.Reading(7, "BME280", 1, -33.9, 151.2, "AU", "Österreich", "Zürich", "P2", 1e-7, 5),
+        R.Reading(7, "BME280", 1, 0.0, 1.0, "", "", 'a "q"\n', "humidity", 100.0, 5, 99),
+    ):
+        assert T.reading_json(r) == r.to_json().decode()
+        text, fields = T.carried(r)
+        assert text == r.to_json().decode()
+        assert T.reading_of(fields) == r and T.timestamp_of(fields) == r.timestamp
+
+
+def test_windows_follow_flinks_event_time_rules() -> None:
+    # Tumbling 10-minute windows, allowed lateness 600 s, as the job runs them.
+    lateness = 600_000
+    start = 1_704_067_200
+    w0_fire = (start + 600) * 1000 - 1
+    windows: T.Windows = {}
+
+    def add(ts: int, value: float, watermark: int) -> tuple[int, bool] | None:
+        return T.add_to_window(windows, T.carried(reading(ts, value))[1], watermark, lateness)
+
+    no_watermark = -(2**63)
+    assert add(start + 300, 30.0, no_watermark) == (start, True)  # new: register timers
+    assert add(start + 10, 10.0, no_watermark) == (start, False)
+    assert add(start + 600, 5.0, no_watermark) == (start + 600, True)  # next window
+    assert not T.fires_now(start, w0_fire - 1) and T.fires_now(start, w0_fire)
+    assert T.cleanup_time_ms(start, lateness) == w0_fire + lateness
+    # The fire timer of window 0: its aggregate (time order: latest reading last).
+    (agg,) = T.on_timer(windows, w0_fire, lateness)
+    assert (agg.window_start, agg.count, agg.mean, agg.min, agg.max) == (start, 2, 20.0, 10, 30)
+    assert agg == T.window_aggregate(
+        [reading(start + 300, 30.0), reading(start + 10, 10.0)], start * 1000
+    )
+    # Late but allowed: kept, and the window fires again at once with all three.
+    assert add(start + 20, 50.0, w0_fire + 1000) == (start, False)
+    assert T.fires_now(start, w0_fire + 1000)
+    assert T.aggregate_of(windows, start).count == 3
+    # One timer is window 0's cleanup and window 1's firing at once.
+    (agg1,) = T.on_timer(windows, w0_fire + lateness, lateness)
+    assert (agg1.window_start, agg1.count) == (start + 600, 1)
+    assert set(windows) == {start + 600}
+    # Window 0 is closed for good: a reading for it is late; window 1 takes one still.
+    assert add(start + 30, 1.0, w0_fire + lateness) is None
+    assert add(start + 601, 1.0, w0_fire + lateness) == (start + 600, False)
+    assert T.on_timer(windows, T.cleanup_time_ms(start + 600, lateness), lateness) == []
+    assert windows == {}
