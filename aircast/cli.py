@@ -200,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before any command imports Ray: loopback only, no usage stats, one auth mode
+    # (without these, ray.init on 127.0.0.1 can try another interface and hang).
+    import os
+
+    from aircast.stack.services import ray_environment
+
+    for name, value in ray_environment().items():
+        os.environ.setdefault(name, value)
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config)

@@ -175,7 +175,15 @@ def load_stack_settings(base: Settings, state_dir: Path) -> Settings:
 
 def _write_stack_settings(plan: Plan, settings: Settings) -> None:
     p = plan.ports
-    overlay: dict[str, Any] = {"stack": {"state_dir": str(plan.state_dir)}}
+    overlay: dict[str, Any] = {
+        "stack": {"state_dir": str(plan.state_dir)},
+        # Absolute: Ray jobs run in their own working directories, and training and
+        # Serve must see the same model registry.
+        "train": {
+            "registry_dir": str(settings.train.registry_dir.resolve()),
+            "storage_path": str(settings.train.storage_path.resolve()),
+        },
+    }
     if "kafka.port" in p:
         overlay["kafka"] = {"bootstrap_servers": f"127.0.0.1:{p['kafka.port']}"}
     if "influxdb.http" in p:

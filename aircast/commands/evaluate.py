@@ -1,0 +1,212 @@
+"""`aircast evaluate`: models vs baselines on archive data, rolling origin.
+
+Builds the 10-minute aggregates of ``--train-start .. --test-end`` from the archive in
+memory (the backfill's own validation and aggregation, no InfluxDB), fits one model per
+(sensor, measure) on the training span with Ray Train, and scores it on the test span
+(every 10-minute origin of the held-out tail; the model is not refitted) against
+persistence and seasonal-naive on the same origins. Scores are pooled over series
+(MAE = total absolute error / origins). ``served`` is what the registry would serve:
+the network where it beat persistence on its validation window, else the better
+baseline. The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from aircast.archive import days
+from aircast.backfill import archive_aggregates
+from aircast.forecasting import ErrorSums, Series, best_baseline, mean_skill, series_from_aggregates
+from aircast.records import Aggregate
+from aircast.settings import Settings
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)  # stdout keeps the table and the JSON line
+
+DEFAULT_MEASURES = "P1,P2,temperature,humidity"
+
+
+def _epoch(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+
+
+def _day_aggregates(source: str, day: date) -> list[Aggregate]:
+    return list(archive_aggregates(source, day, day))
+
+
+def load_aggregates(source: str, start: date, end: date, processes: int) -> list[Aggregate]:
+    """Aggregates of every day, days read in parallel processes (CPU-bound parsing)."""
+    span = days(start, end)
+    with ProcessPoolExecutor(max_workers=max(1, processes)) as pool:
+        chunks = pool.map(_day_aggregates, [source] * len(span), span)
+        return [a for chunk in chunks for a in chunk]
+
+
+def served_sums(result: dict[str, Any]) -> ErrorSums | None:
+    """The test sums of what the registry would serve for this series."""
+    if result["test"] is None:
+        return None
+    test = ErrorSums.from_dict(result["test"])
+    val = ErrorSums.from_dict(result["val"]).metrics()
+    skill = mean_skill(val)
+    choice = (
+        "model"
+        if result["has_model"] and math.isfinite(skill) and skill > 0
+        else best_baseline(val)
+    )
+    test.abs["served"] = dict(test.abs[choice])
+    test.sq["served"] = dict(test.sq[choice])
+    return test
+
+
+def summarise(results: dict[str, dict[str, Any]], horizons: Sequence[int]) -> dict[str, Any]:
+    overall = ErrorSums(tuple(horizons))
+    per_measure: dict[str, ErrorSums] = {}
+    for result in results.values():
+        sums = served_sums(result)
+        if sums is None or not result["has_model"]:
+            continue  # too little data to fit: no model to compare
+        overall.merge(sums)
+        per_measure.setdefault(result["measure"], ErrorSums(tuple(horizons))).merge(sums)
+
+    def rows(sums: ErrorSums) -> dict[str, dict[str, float | None]]:
+        out: dict[str, dict[str, float | None]] = {}
+        for label, row in sums.metrics().items():
+            clean: dict[str, float | None] = {
+                k: (round(v, 4) if math.isfinite(v) else None) for k, v in row.items()
+            }
+            served, persistence = (
+                row.get("served_mae", math.nan),
+                row.get("persistence_mae", math.nan),
+            )
+            clean["served_skill"] = (
+                round(1 - served / persistence, 4)
+                if persistence and math.isfinite(served)
+                else None
+            )
+            out[label] = clean
+        return out
+
+    return {
+        "horizons": rows(overall),
+        "per_measure": {m: rows(s) for m, s in sorted(per_measure.items())},
+    }
+
+
+def _table(summary: dict[str, Any]) -> Table:
+    table = Table(
+        title="rolling-origin test: MAE per horizon (skill = 1 − MAE_model / MAE_persistence)"
+    )
+    for col in (
+        "measure",
+        "horizon",
+        "origins",
+        "model",
+        "persistence",
+        "seasonal naive",
+        "skill",
+        "served skill",
+    ):
+        table.add_column(col, justify="right" if col not in ("measure",) else "left")
+
+    def fmt(v: Any, digits: int = 3) -> str:
+        return "–" if v is None else f"{v:.{digits}f}"
+
+    groups = [*summary["per_measure"].items(), ("all", summary["horizons"])]
+    for measure, per_h in groups:
+        for label, row in per_h.items():
+            table.add_row(
+                measure,
+                label,
+                str(int(row.get("n") or 0)),
+                fmt(row.get("model_mae")),
+                fmt(row.get("persistence_mae")),
+                fmt(row.get("seasonal_naive_mae")),
+                fmt(row.get("skill"), 3),
+                fmt(row.get("served_skill"), 3),
+            )
+    return table
+
+
+def _connect_ray(settings: Settings, cpus: int) -> None:
+    from aircast.stack.services import ray_environment
+
+    for name, value in ray_environment().items():
+        os.environ.setdefault(name, value)  # before Ray is imported: stay on 127.0.0.1
+    import ray
+
+    try:
+        ray.init(address=settings.ray.address or "auto", namespace=settings.ray.namespace)
+    except ConnectionError:
+        log.info("no Ray cluster at %s; starting a local one", settings.ray.address)
+        ray.init(num_cpus=cpus, include_dashboard=False)
+
+
+def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    began = time.perf_counter()
+    measures = [m.strip() for m in args.measures.split(",") if m.strip()]
+    test_start = args.train_end + timedelta(days=1)
+    if not args.train_start <= args.train_end < args.test_end:
+        console.print("[red]need --train-start <= --train-end < --test-end[/red]")
+        return 2
+    workers = args.workers or settings.train.workers
+    with console.status("reading the archive and building 10-minute aggregates..."):
+        aggs = load_aggregates(
+            str(args.archive), args.train_start, args.test_end, os.cpu_count() or 1
+        )
+    end = _epoch(args.test_end + timedelta(days=1))
+    split_at = _epoch(test_start)
+    series: list[Series] = series_from_aggregates(aggs, measures, end=end)
+    tasks = [(s, s.index_of(split_at)) for s in series if 0 < s.index_of(split_at) < s.values.size]
+    console.print(
+        f"{len(aggs)} aggregates, {len(series)} series, {len(tasks)} with train and test data"
+    )
+    from training.trainer import cleanup, fit_config, train
+
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("units", args.units)) if v}
+    cfg = fit_config(settings, **overrides)
+    _connect_ray(settings, workers * settings.train.threads_per_worker + 1)
+    import ray
+
+    run = train(settings, tasks, workers=workers, cfg=cfg)
+    summary = summarise(run.results, cfg.horizons)
+    cleanup(run, settings)
+    ray.shutdown()
+    fitted = sum(1 for r in run.results.values() if r["has_model"])
+    Console().print(_table(summary))
+    summary.update(
+        {
+            "models": fitted,
+            "series": len(tasks),
+            "workers": workers,
+            "train_seconds": round(run.seconds, 1),
+            "seconds": round(time.perf_counter() - began, 1),
+        }
+    )
+    print(json.dumps(summary, separators=(",", ":")), flush=True)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("evaluate", help="score models against baselines on archive data")
+    p.add_argument("--archive", required=True, help="archive folder or http(s) base URL")
+    p.add_argument("--train-start", type=date.fromisoformat, required=True)
+    p.add_argument("--train-end", type=date.fromisoformat, required=True)
+    p.add_argument("--test-end", type=date.fromisoformat, required=True)
+    p.add_argument("--measures", default=DEFAULT_MEASURES, help="comma-separated measures")
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping)")
+    p.add_argument("--units", type=int, default=None, help="GRU width")
+    p.set_defaults(func=cmd_evaluate)

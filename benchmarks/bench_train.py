@@ -1,0 +1,103 @@
+"""make bench-train: fit every sensor × measure of one week of the archive on Ray Train,
+with 1 and with 2 workers (a private Ray head), same models, same epochs.
+
+Reports wall time of each run, mean seconds per model (inside the workers), the
+speed-up and the scaling efficiency = speed-up / workers, against the ceiling of linear
+scaling measured in the same run (efficiency 1.0). Options: --days N (7), --epochs N
+(10), --workers N (2), --running-stack (the running stack's Ray head, not a private one).
+
+Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from datetime import date, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rich.console import Console
+
+from benchmarks._common import emit, private_stack
+
+START = date(2019, 3, 4)  # a Monday
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--days", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--running-stack", action="store_true", help="use the running stack's Ray head"
+    )
+    args = parser.parse_args()
+
+    import ray
+
+    from aircast.backfill import archive_aggregates
+    from aircast.forecasting import series_from_aggregates
+    from training.trainer import cleanup, fit_config, train
+
+    console = Console(stderr=True)
+    end = START + timedelta(days=args.days - 1)
+    from aircast.settings import load_settings
+
+    stack = nullcontext(load_settings()) if args.running_stack else private_stack("ray")
+    with stack as base:
+        archive = base.data.archive_dir.resolve()
+        with console.status(f"aggregates of {START} .. {end}"):
+            aggs = list(archive_aggregates(archive, START, end))
+        series = series_from_aggregates(aggs)
+        tasks = [(s, None) for s in series]
+        console.print(f"{len(series)} series (sensors × measures) from {len(aggs)} aggregates")
+        ray.init(address=base.ray.address, log_to_driver=False)
+        runs = {}
+        with tempfile.TemporaryDirectory(prefix="aircast-bench-train-") as tmp:
+            train_settings = base.train.model_copy(update={"storage_path": Path(tmp)})
+            settings = base.model_copy(update={"train": train_settings})
+            cfg = fit_config(settings, epochs=args.epochs)
+            for workers in sorted({1, args.workers}):
+                with console.status(f"fitting {len(tasks)} models on {workers} worker(s)"):
+                    t0 = time.perf_counter()
+                    run = train(settings, tasks, workers=workers, cfg=cfg)
+                    wall = time.perf_counter() - t0
+                per_model = [r["seconds"] for r in run.results.values()]
+                runs[workers] = {
+                    "wall_s": round(wall, 1),
+                    "fit_s": round(run.seconds, 1),
+                    "models": len(per_model),
+                    "fitted": sum(1 for r in run.results.values() if r["has_model"]),
+                    "per_model_s": round(statistics.fmean(per_model), 2),
+                    "epochs_mean": round(
+                        statistics.fmean(r["epochs"] for r in run.results.values()), 1
+                    ),
+                }
+                console.print(f"{workers} worker(s): {runs[workers]}")
+                cleanup(run, settings)
+        ray.shutdown()
+    one, many = runs[1]["wall_s"], runs[args.workers]["wall_s"]
+    speedup = one / many if many else 0.0
+    emit(
+        {
+            "benchmark": "train",
+            "days": args.days,
+            "epochs_max": args.epochs,
+            "series": len(series),
+            "runs": {str(k): v for k, v in runs.items()},
+            "speedup": round(speedup, 2),
+            "scaling_efficiency": round(speedup / args.workers, 2),
+            "ceiling": 1.0,
+            "ratio": round(speedup / args.workers, 2),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
