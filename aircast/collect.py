@@ -156,7 +156,14 @@ class Collector:
         self.producer = producer or make_producer(settings.kafka)
         self.dead = DeadLetters(self.producer, settings.kafka.dead_letter_topic, "collect")
         self.influx = InfluxV1(settings.influx)
-        self.influx.ensure_databases()
+        # Created here when InfluxDB answers, else before the first flush (inside its
+        # retry loop): a collector must start while InfluxDB is down.
+        self._databases_ready = False
+        try:
+            self.influx.ensure_databases()
+            self._databases_ready = True
+        except StorageError as exc:
+            log.warning("influx not ready at start; databases created on first flush error=%s", exc)
         s = settings.influx
         self.sinks = {
             settings.kafka.readings_topic: InfluxSink(
@@ -259,6 +266,9 @@ class Collector:
         paused = False
         while True:
             try:
+                if not self._databases_ready:
+                    self.influx.ensure_databases()
+                    self._databases_ready = True
                 for sink in self.sinks.values():
                     done = sink.flush()
                     if done:
