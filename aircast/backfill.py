@@ -21,7 +21,6 @@ to the dead-letter topic). ``values == readings_written + sum(rejected)``.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -31,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from aircast.archive import days, iter_day_records
-from aircast.errors import ConfigError
 from aircast.geocode import Geocoder
-from aircast.influx import InfluxV1, line_batches
+from aircast.influx import InfluxV1, duration_seconds, line_batches
 from aircast.records import (
     BEYOND_RETENTION,
     DUPLICATE,
@@ -51,20 +49,6 @@ BATCH_LINES = 5_000
 # Readings this close to the retention edge are treated as beyond it: the edge moves
 # while a backfill runs, and InfluxDB refuses a whole batch for one point past it.
 RETENTION_MARGIN_S = 3_600
-
-_UNITS = {"ns": 1e-9, "u": 1e-6, "µ": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_UNITS["w"] = 7 * 86400
-_DURATION = re.compile(r"(\d+)(ns|u|µ|ms|s|m|h|d|w)")
-
-
-def duration_s(text: str) -> float | None:
-    """An InfluxQL duration (``30d``, ``1h30m``, ``INF``) in seconds; ``None`` = forever."""
-    if text.strip().upper() in ("INF", "0", "0S"):
-        return None
-    parts = _DURATION.findall(text.strip())
-    if not parts or "".join(n + u for n, u in parts) != text.strip():
-        raise ConfigError(f"not an InfluxQL duration: {text!r}")
-    return sum(int(n) * _UNITS[u] for n, u in parts)
 
 
 @dataclass
@@ -173,7 +157,7 @@ class Backfill:
         self.on_reject = on_reject
         self.batch_lines = batch_lines
         self.now = now
-        self.retention_s = duration_s(settings.raw_retention)
+        self.retention_s = duration_seconds(settings.raw_retention)
         self.report = BackfillReport()
 
     def _raw_lines(self, readings: list[Reading]) -> Iterator[str]:

@@ -27,7 +27,6 @@ InfluxDB down or overloaded: writes are retried with backoff, consumption pauses
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,26 +36,13 @@ from kafka.structs import OffsetAndMetadata
 
 from aircast.deadletters import DeadLetters
 from aircast.errors import BackpressureError, InvalidRecord, StorageError
-from aircast.influx import InfluxV1
+from aircast.influx import InfluxV1, duration_seconds
 from aircast.kafka import consumer as make_consumer
 from aircast.kafka import producer as make_producer
 from aircast.records import BEYOND_RETENTION, STORAGE_REJECTED, Aggregate, Reading
 from aircast.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def retention_seconds(text: str) -> int | None:
-    """``30d`` → 2592000; ``INF`` → None (keep forever)."""
-    if text.upper() == "INF":
-        return None
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ValueError(f"retention {text!r} is not like 30d, 12h or INF")
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 @dataclass
@@ -174,8 +160,8 @@ class Collector:
             ),
         }
         self.retention = {
-            settings.kafka.readings_topic: retention_seconds(s.raw_retention),
-            settings.kafka.aggregates_topic: retention_seconds(s.aggregates_retention),
+            settings.kafka.readings_topic: duration_seconds(s.raw_retention),
+            settings.kafka.aggregates_topic: duration_seconds(s.aggregates_retention),
         }
         self.stats = CollectStats()
         self.stopping = False

@@ -12,18 +12,46 @@ own message.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import httpx
 
-from aircast.errors import BackpressureError, StorageError
+from aircast.errors import BackpressureError, ConfigError, StorageError
 from aircast.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
 
 _BACKPRESSURE = {429, 503}
+
+
+_UNITS = {
+    "ns": 1e-9,
+    "u": 1e-6,
+    "µ": 1e-6,
+    "ms": 1e-3,
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 7 * 86400,
+}
+_DURATION = re.compile(r"(\d+)(ns|u|µ|ms|s|m|h|d|w)")
+
+
+def duration_seconds(text: str) -> float | None:
+    """An InfluxQL duration (``30d``, ``1h30m``, ``INF``) in seconds; ``None`` = forever.
+
+    The one parser of retention settings for every stage (collector, backfill, the
+    Kubernetes provisioning job)."""
+    if text.strip().upper() in ("INF", "0", "0S"):
+        return None
+    parts = _DURATION.findall(text.strip())
+    if not parts or "".join(n + u for n, u in parts) != text.strip():
+        raise ConfigError(f"not an InfluxQL duration: {text!r} (use e.g. 30d, 12h or INF)")
+    return sum(int(n) * _UNITS[u] for n, u in parts)
 
 
 def quote_ident(name: str) -> str:

@@ -11,8 +11,8 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from aircast.backfill import Backfill, duration_s
-from aircast.influx import InfluxV1
+from aircast.backfill import Backfill
+from aircast.influx import InfluxV1, duration_seconds
 from aircast.measures import BY_NAME
 from aircast.records import BEYOND_RETENTION, MISSING_FIELD
 from aircast.settings import Settings
@@ -65,9 +65,9 @@ def _points(influx: InfluxV1, database: str, field: str) -> dict[str, int]:
 
 
 def test_duration() -> None:
-    assert duration_s("30d") == 30 * 86400
-    assert duration_s("1h30m") == 5400
-    assert duration_s("INF") is None
+    assert duration_seconds("30d") == 30 * 86400
+    assert duration_seconds("1h30m") == 5400
+    assert duration_seconds("INF") is None
 
 
 def test_backfill_real_day_idempotent(stack_settings: Settings) -> None:

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
 
+from aircast.errors import ConfigError
+from aircast.influx import duration_seconds
 from aircast.settings import Settings, load_settings
 
 log = logging.getLogger("aircast.provision")
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 @dataclass(frozen=True)
@@ -37,13 +36,12 @@ class Bucket:
 
 
 def retention_seconds(text: str) -> int:
-    """InfluxQL-style duration (``30d``, ``12h``, ``INF``) as seconds; 0 means forever."""
-    if text.strip().upper() == "INF":
-        return 0
-    match = re.fullmatch(r"(\d+)([smhdw])", text.strip())
-    if match is None:
-        raise ValueError(f"not a retention: {text!r} (use e.g. 30d, 12h or INF)")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    """A retention setting as InfluxDB 2's bucket API wants it: seconds, 0 = forever."""
+    try:
+        seconds = duration_seconds(text)
+    except ConfigError as exc:
+        raise ValueError(f"not a retention: {text!r} (use e.g. 30d, 12h or INF)") from exc
+    return 0 if seconds is None else int(seconds)
 
 
 def plan(settings: Settings) -> tuple[Bucket, ...]:
