@@ -45,8 +45,11 @@ def producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
 def consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> KafkaConsumer:
     """A consumer with manual commits: callers commit only after a good flush."""
     options = connection_options(settings)
-    options.update(enable_auto_commit=False, auto_offset_reset="earliest",
-                   max_partition_fetch_bytes=8 * 1024 * 1024)
+    options.update(
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
     options.update(overrides)
     return KafkaConsumer(*topics, **options)
 
