@@ -19,7 +19,6 @@ import argparse
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -66,33 +65,19 @@ class CollectorActor:
         return os.getpid()
 
     def run(self, until_idle_s: float | None = None) -> dict[str, Any]:
-        c = self.collector
-        c.stopping = False
-        idle_since = time.monotonic()
-        last_report = 0.0
-        while not c.stopping:
-            if c.poll_once():
-                idle_since = time.monotonic()
-            if c.due():
-                c.flush()
-            if time.monotonic() - last_report > 5:
-                self._report()
-                last_report = time.monotonic()
-            if until_idle_s is not None and time.monotonic() - idle_since >= until_idle_s:
-                break
-        c.run(until_idle_s=0)  # final flush and commit
-        self._report()
+        self.collector.stopping = False
+        self.collector.run(until_idle_s=until_idle_s, report=self._report)
         return self.stats()
 
     def _report(self) -> None:
         c = self.collector
         with self._lock:
-            for db, n in c.stats.points.items():
+            for db, n in list(c.stats.points.items()):  # the writer thread adds keys
                 new = n - self._reported.get(db, 0)
                 if new > 0:
                     self.points.inc(new, {"database": db})
                 self._reported[db] = n
-            for reason, n in c.stats.rejected.items():
+            for reason, n in list(c.stats.rejected.items()):
                 new = n - self._reported_rejected.get(reason, 0)
                 if new > 0:
                     self.dead.inc(new, {"stage": "collect", "reason": reason})
@@ -114,6 +99,7 @@ class CollectorActor:
             "max_buffered": s.max_buffered,
             "storage_failures": s.storage_failures,
             "lag": dict(s.lag),
+            "last_write_at": s.last_write_at,
             "pid": os.getpid(),
         }
 

@@ -1,7 +1,10 @@
-"""Kafka clients built from the settings (kafka-python).
+"""Kafka clients built from the settings.
 
-Locally the broker is tansu (Kafka wire compatible, in memory); in production a real
-Kafka cluster (Strimzi). Nothing here is tansu-specific.
+kafka-python for producers, admin and the occasional consumer; confluent-kafka
+(librdkafka, C) for the collector's hot consumer loop, where kafka-python's
+pure-Python record parsing was the bound (about 30,000 messages/s per core against
+librdkafka's 150,000). Locally the broker is tansu (Kafka wire compatible, in memory);
+in production a real Kafka cluster (Strimzi). Nothing here is tansu-specific.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import confluent_kafka
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -52,6 +56,44 @@ def consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> KafkaCo
     )
     options.update(overrides)
     return KafkaConsumer(*topics, **options)
+
+
+def librdkafka_options(settings: KafkaSettings) -> dict[str, Any]:
+    """The same connection settings in librdkafka's vocabulary (confluent-kafka)."""
+    options: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "security.protocol": settings.security_protocol.lower(),
+        "client.id": settings.client_id,
+    }
+    if settings.sasl_mechanism:
+        options["sasl.mechanism"] = settings.sasl_mechanism
+        options["sasl.username"] = settings.sasl_username or ""
+        if settings.sasl_password is not None:
+            options["sasl.password"] = settings.sasl_password.get_secret_value()
+    return options
+
+
+def fast_consumer(
+    settings: KafkaSettings, group_id: str, **overrides: Any
+) -> confluent_kafka.Consumer:
+    """A librdkafka consumer with manual commits (callers commit after a good flush);
+    partitions are assigned by the caller, so the group only stores offsets."""
+    options = librdkafka_options(settings)
+    options.update(
+        {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": 8 * 1024 * 1024,
+            # librdkafka prefetches up to this much per partition; bounded, so a paused
+            # collector holds at most this in memory besides its own buffer.
+            "queued.max.messages.kbytes": 16 * 1024,
+            "logger": logging.getLogger("aircast.kafka.librdkafka"),
+        }
+    )
+    options.update(overrides)
+    return confluent_kafka.Consumer(options)
 
 
 def admin(settings: KafkaSettings) -> KafkaAdminClient:

@@ -267,3 +267,42 @@ def test_a_point_influx_refuses_is_dead_lettered_alone(stack_settings: Settings)
     letters = read_topic(settings.kafka, settings.kafka.dead_letter_topic, expect=humidity)
     assert len(letters) == humidity
     assert all("field type conflict" in DeadLetter.from_json(v).detail for _, v in letters)
+
+
+def test_a_new_collector_resumes_after_the_last_commit(stack_settings: Settings) -> None:
+    """Offsets committed after a good flush are where the next collector of the group
+    starts: it writes only what came after; a null message and a non-reading are dead
+    letters with their reason and their topic/partition/offset."""
+    from aircast.collect import Collector
+
+    settings = fresh(stack_settings)
+    first, second = make_readings(3, 4, seed=5), make_readings(2, 3, seed=6)
+    second = [replace(r, sensor_id=r.sensor_id + 1000) for r in second]
+    parts = [(settings.kafka.readings_topic, p) for p in range(4)]
+    produce_stream(settings, first, [], [], chunks=1, pause_s=0)
+    collector = Collector(settings, parts)
+    stats = collector.run(until_idle_s=2)
+    collector.close()
+    assert stats.points[settings.influx.raw_database] == len(first)
+
+    produce_stream(settings, second, [], [], chunks=1, pause_s=0)
+    p = producer(settings.kafka)
+    p.send(settings.kafka.readings_topic, key=b"77", value=None, partition=1)
+    p.send(settings.kafka.readings_topic, key=b"78", value=b"{not json", partition=2)
+    p.flush()
+    p.close()
+    collector = Collector(settings, parts)
+    stats = collector.run(until_idle_s=2)
+    collector.close()
+    assert stats.messages == len(second) + 2
+    assert stats.points[settings.influx.raw_database] == len(second)
+    assert stats.rejected == {R.UNDECODABLE: 2}
+    letters = [
+        DeadLetter.from_json(v)
+        for _, v in read_topic(settings.kafka, settings.kafka.dead_letter_topic, expect=2)
+    ]
+    assert sorted(letter.key or "" for letter in letters) == ["77", "78"]
+    assert {letter.reason for letter in letters} == {R.UNDECODABLE}
+    topic = settings.kafka.readings_topic
+    assert {letter.source.rsplit("/", 2)[0] for letter in letters if letter.source} == {topic}
+    assert len(distinct_points(settings, settings.influx.raw_database)) == len(first) + len(second)
