@@ -14,7 +14,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_AUTH_MODE ?= disabled
 PYTEST_ARGS ?=
 
-.PHONY: help setup system venvs run test check lint typecheck clean stack-up stack-down stack-status
+.PHONY: help setup system venvs run test check lint typecheck clean stack-up stack-down stack-status bench-e2e soak
 
 help:
 	@echo "make run    set up, start the local stack, run the pipeline, print the URLs"
@@ -53,6 +53,10 @@ run: setup
 test: setup
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
+# One hour at 10x the real network's rate (AIRCAST_SOAK_SECONDS, AIRCAST_SOAK_RECORDS_PER_S).
+soak: setup
+	$(VENV)/bin/python -m pytest -m soak -s tests/test_soak.py
+
 stack-up: setup
 	$(VENV)/bin/aircast stack up
 stack-down:
@@ -63,6 +67,18 @@ stack-status:
 # Benchmarks: `make bench-<name>` runs benchmarks/bench_<name>.py; its last line is JSON.
 bench-%: setup
 	$(VENV)/bin/python benchmarks/bench_$*.py
+
+# bench-e2e compares with luftdatenpumpe 0.22, in a virtualenv of its own (its pins are
+# its own business; only the benchmark uses it).
+PEER_VENV := .venv-peer
+$(PEER_VENV)/.installed: | .uv-bootstrap
+	@echo "building $(PEER_VENV) (luftdatenpumpe 0.22, the peer bench-e2e measures beside aircast)"
+	@[ -x $(PEER_VENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(PEER_VENV)
+	@$(UV) pip install -q --python $(PEER_VENV)/bin/python "luftdatenpumpe==0.22.0" "setuptools<81"
+	@touch $@
+
+bench-e2e: setup $(PEER_VENV)/.installed
+	$(VENV)/bin/python benchmarks/bench_e2e.py
 
 lint:
 	$(VENV)/bin/ruff check aircast actors flink training serve kuberay tests benchmarks

@@ -28,7 +28,7 @@ from aircast import telemetry
 from aircast.ingest import IngestCounts, Ingestor, shard_of
 from aircast.kafka import ensure_topics
 from aircast.settings import Settings, load_settings
-from aircast.simulator import Network, SimulatorServer
+from aircast.simulator import Network, SimulatorServer, current_window_end
 from aircast.sources import ArchiveSource, HttpSource, Snapshot, SourceError, probe
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,12 @@ def _sources(settings: Settings, source: str, *, once: bool) -> Iterator[Snapsho
     url = cfg.live_url
     server: SimulatorServer | None = None
     if source == "simulator":
-        server = SimulatorServer(Network(cfg.simulator_sensors, cfg.simulator_seed), port=0).start()
+        refresh = cfg.simulator_refresh_s
+        server = SimulatorServer(
+            Network(cfg.simulator_sensors, cfg.simulator_seed),
+            port=0,
+            clock=lambda: current_window_end(refresh_s=refresh),
+        ).start()
         url = server.url
     http = HttpSource(url, name=source, timeout_s=cfg.timeout_s, retries=cfg.retries)
     try:

@@ -10,7 +10,9 @@ in production a real Kafka cluster (Strimzi). Nothing here is tansu-specific.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import confluent_kafka
@@ -94,6 +96,48 @@ def fast_consumer(
     )
     options.update(overrides)
     return confluent_kafka.Consumer(options)
+
+
+def scan(
+    settings: KafkaSettings,
+    topic: str,
+    since_ms: int,
+    *,
+    until_ms: int | None = None,
+    quiet_s: float = 1.5,
+) -> Iterator[confluent_kafka.Message]:
+    """Every message of ``topic`` stamped in [since_ms, until_ms], read without a group
+    commit (audits and tools). Ends when nothing new came for ``quiet_s``: end offsets are
+    not trusted (tansu's can trail the last batch)."""
+    consumer = fast_consumer(settings, f"{settings.client_id}-scan-{uuid.uuid4().hex[:8]}")
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return
+        wanted = [confluent_kafka.TopicPartition(topic, p, since_ms) for p in metadata.partitions]
+        starts = consumer.offsets_for_times(wanted, timeout=10)
+        # -1: no message at or after since_ms in that partition.
+        starts = [tp for tp in starts if tp.offset >= 0]
+        if not starts:
+            return
+        consumer.assign(starts)
+        last_new = time.monotonic()
+        while True:
+            messages = consumer.consume(num_messages=5000, timeout=0.3)
+            if not messages:
+                if time.monotonic() - last_new >= quiet_s:
+                    return
+                continue
+            last_new = time.monotonic()
+            for m in messages:
+                if m.error() is not None:
+                    continue
+                _, stamp = m.timestamp()
+                if stamp < since_ms or (until_ms is not None and stamp > until_ms):
+                    continue
+                yield m
+    finally:
+        consumer.close()
 
 
 def admin(settings: KafkaSettings) -> KafkaAdminClient:

@@ -163,6 +163,9 @@ class IngestSettings(BaseModel):
     simulator_sensors: int = Field(default=300, ge=1)
     simulator_seed: int = 42
     simulator_port: int = 8599
+    # How often the simulated feed publishes a new last-5-minutes file (windows overlap,
+    # as the live API's do: the ingest dedupes across snapshots).
+    simulator_refresh_s: int = Field(default=60, ge=1, le=300)
     # Geocoding: offline GeoNames by default; Nominatim (1 request/s) only when asked.
     geocoder: Literal["offline", "nominatim"] = "offline"
     nominatim_url: str = "https://nominatim.openstreetmap.org/reverse"

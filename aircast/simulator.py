@@ -285,9 +285,10 @@ class Network:
         return out
 
 
-def current_window_end(now: float | None = None) -> int:
+def current_window_end(now: float | None = None, refresh_s: int = SNAPSHOT_WINDOW_S) -> int:
+    """End of the window the feed shows at ``now``: a new file every ``refresh_s``."""
     t = int(time.time() if now is None else now)
-    return t - t % SNAPSHOT_WINDOW_S
+    return t - t % refresh_s
 
 
 class _Handler(BaseHTTPRequestHandler):

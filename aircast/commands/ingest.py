@@ -27,12 +27,15 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from aircast.simulator import Network, SimulatorServer
+    from aircast.simulator import Network, SimulatorServer, current_window_end
 
     network = Network(
         args.sensors or settings.ingest.simulator_sensors, settings.ingest.simulator_seed
     )
-    server = SimulatorServer(network, port=args.port)
+    refresh = settings.ingest.simulator_refresh_s
+    server = SimulatorServer(
+        network, port=args.port, clock=lambda: current_window_end(refresh_s=refresh)
+    )
     print(f"simulator: {len(network.sensors)} sensors at {server.url}", flush=True)
     try:
         server.serve_forever()

@@ -1,0 +1,271 @@
+"""Conservation audit: every record that entered is in InfluxDB (as its readings) or in
+the dead-letter topic with a reason, for a span of time.
+
+What is counted, per stage, for the raw-topic records stamped in [since, until]:
+
+* **raw topic** — records and the values they carry. Each record is split again with the
+  domain's own :func:`~aircast.records.split_record` (the function the Flink job runs), so
+  the audit knows, independently of the job, which readings must exist and which values
+  must have been rejected and why.
+* **ingest** — dead letters of records refused before the raw topic (malformed envelopes,
+  in-snapshot duplicates): reported, not part of the balance (they never entered).
+* **flink** — its dead letters *for these records* (matched by payload: a rejected
+  value's letter carries the raw message as received, a duplicate's carries the
+  reading) by reason must equal the expected rejections (a repeated reading must be one
+  ``duplicate``); letters for records outside the span are not counted, however late
+  the job wrote them. Readings-topic messages and distinct readings are reported.
+* **collect / InfluxDB** — every distinct expected reading must be a point in the raw
+  database (same measurement, sensor and time) unless the collector dead-lettered it
+  (``beyond_retention``, ``storage_rejected``). A reading stored under two series (the
+  same sensor, measure and time with different tags) is *written twice*.
+
+Dead letters are at-least-once: a letter replayed after a crash is recognised (same
+stage, reason, key, detail, payload and source) and counted once; replays are reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from aircast.errors import InvalidRecord
+from aircast.influx import InfluxV1, quote_ident
+from aircast.kafka import scan
+from aircast.records import (
+    BEYOND_RETENTION,
+    DUPLICATE,
+    LATE,
+    MALFORMED,
+    STORAGE_REJECTED,
+    DeadLetter,
+    Reading,
+    Rejection,
+    split_record,
+)
+from aircast.settings import Settings
+
+ReadingId = tuple[str, int, int]  # (measure, sensor id, timestamp): one reading
+SHOWN = 20  # differences listed in full up to this many
+
+
+def reading_id(reading: Reading) -> ReadingId:
+    return (reading.measure, reading.sensor_id, reading.timestamp)
+
+
+def outcomes_of_message(value: bytes | None) -> list[Reading | Rejection]:
+    """What the processing stage must make of one raw-topic message."""
+    try:
+        obj = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        return [Rejection(MALFORMED, f"not JSON: {exc}")]
+    return split_record(obj)
+
+
+@dataclass
+class Audit:
+    since: float
+    until: float
+    raw_records: int = 0
+    raw_distinct: int = 0  # distinct records (sensor id, timestamp): a retry may repeat one
+    values_in: int = 0
+    occurrences: Counter[ReadingId] = field(default_factory=Counter)
+    payloads: set[int] = field(default_factory=set)  # hashes of the span's raw messages
+    rejected_expected: Counter[str] = field(default_factory=Counter)  # values by reason
+    ingest_rejected: Counter[str] = field(default_factory=Counter)
+    lettered: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    letter_replays: int = 0
+    unreadable_letters: int = 0
+    collect_lettered: set[ReadingId] = field(default_factory=set)
+    readings_topic_messages: int = 0
+    readings_topic_distinct: int = 0
+    in_influx: set[ReadingId] = field(default_factory=set)
+    doubled: dict[ReadingId, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    # -- the balance ---------------------------------------------------------------
+
+    @property
+    def expected(self) -> set[ReadingId]:
+        return set(self.occurrences)
+
+    @property
+    def lost(self) -> list[ReadingId]:
+        return sorted(self.expected - self.in_influx - self.collect_lettered)
+
+    @property
+    def stored(self) -> int:
+        return len(self.expected & self.in_influx)
+
+    @property
+    def rejection_differences(self) -> dict[str, tuple[int, int]]:
+        """reason → (values the domain rejects, values the Flink job dead-lettered)."""
+        flink = self.lettered.get("flink", Counter())
+        reasons = (set(self.rejected_expected) | set(flink)) - {LATE}
+        return {
+            r: (self.rejected_expected[r], flink[r])
+            for r in sorted(reasons)
+            if self.rejected_expected[r] != flink[r]
+        }
+
+    @property
+    def ok(self) -> bool:
+        return not self.lost and not self.doubled and not self.rejection_differences
+
+    def summary(self) -> dict[str, Any]:
+        rejected = sum(self.rejected_expected.values())
+        return {
+            "since": int(self.since),
+            "until": int(self.until),
+            "raw_records": self.raw_records,
+            "raw_distinct": self.raw_distinct,
+            "values_in": self.values_in,
+            "readings_expected": len(self.occurrences),
+            "values_rejected_expected": rejected,
+            "readings_topic_messages": self.readings_topic_messages,
+            "readings_topic_distinct": self.readings_topic_distinct,
+            "in_influxdb": self.stored,
+            "collect_dead_lettered": len(self.expected & self.collect_lettered),
+            "dead_letters": {s: dict(c) for s, c in sorted(self.lettered.items())},
+            "dead_letter_replays": self.letter_replays,
+            "ingest_rejected": dict(self.ingest_rejected),
+            "lost": len(self.lost),
+            "written_twice": len(self.doubled),
+            "rejection_differences": {r: list(v) for r, v in self.rejection_differences.items()},
+            "ok": self.ok,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def _record_identity(value: bytes | None) -> tuple[object, object] | bytes | None:
+    try:
+        obj = orjson.loads(value or b"")
+        return (obj["sensor"]["id"], obj["timestamp"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return value  # not a record: its bytes are its identity
+
+
+def read_raw(settings: Settings, audit: Audit) -> None:
+    distinct: set[object] = set()
+    for m in scan(
+        settings.kafka,
+        settings.kafka.raw_topic,
+        int(audit.since * 1000),
+        until_ms=int(audit.until * 1000),
+    ):
+        audit.raw_records += 1
+        distinct.add(_record_identity(m.value()))
+        audit.payloads.add(hash((m.value() or b"").decode("utf-8", errors="replace")))
+        for outcome in outcomes_of_message(m.value()):
+            if isinstance(outcome, Rejection):
+                audit.values_in += outcome.values
+                audit.rejected_expected[outcome.reason] += outcome.values
+            else:
+                audit.values_in += 1
+                rid = reading_id(outcome)
+                if rid in audit.occurrences:
+                    audit.rejected_expected[DUPLICATE] += 1
+                audit.occurrences[rid] += 1
+    audit.raw_distinct = len(distinct)
+
+
+def read_dead_letters(settings: Settings, audit: Audit) -> None:
+    seen: set[tuple[Any, ...]] = set()
+    for m in scan(settings.kafka, settings.kafka.dead_letter_topic, int(audit.since * 1000)):
+        try:
+            letter = DeadLetter.from_json(m.value() or b"")
+        except (ValueError, TypeError):
+            audit.unreadable_letters += 1
+            continue
+        identity = (
+            letter.stage,
+            letter.reason,
+            letter.key,
+            letter.detail,
+            letter.payload,
+            letter.source,
+        )
+        if identity in seen:
+            audit.letter_replays += 1
+            continue
+        seen.add(identity)
+        if letter.stage == "ingest":
+            # Refused before the raw topic: not attributable to the span's raw records,
+            # reported by the time they were written.
+            audit.ingest_rejected[letter.reason] += letter.values
+            continue
+        if _belongs(audit, letter):
+            audit.lettered[letter.stage][letter.reason] += letter.values
+        if letter.stage == "collect" and letter.reason in (BEYOND_RETENTION, STORAGE_REJECTED):
+            rid = _reading_of(letter.payload)
+            if rid is not None and rid in audit.occurrences:
+                audit.collect_lettered.add(rid)
+
+
+def _reading_of(payload: str) -> ReadingId | None:
+    try:
+        return reading_id(Reading.from_json(payload))
+    except InvalidRecord:
+        return None  # an aggregate, or not a message at all
+
+
+def _belongs(audit: Audit, letter: DeadLetter) -> bool:
+    """Whether a letter is about one of the span's raw records."""
+    if hash(letter.payload) in audit.payloads:
+        return True  # the raw message itself: a rejected value or a whole record
+    rid = _reading_of(letter.payload)
+    return rid is not None and rid in audit.occurrences  # a reading of the span
+
+
+def read_readings_topic(settings: Settings, audit: Audit) -> None:
+    distinct: set[ReadingId] = set()
+    for m in scan(settings.kafka, settings.kafka.readings_topic, int(audit.since * 1000)):
+        audit.readings_topic_messages += 1
+        try:
+            distinct.add(reading_id(Reading.from_json(m.value() or b"")))
+        except InvalidRecord:
+            continue
+    audit.readings_topic_distinct = len(distinct & audit.expected)
+
+
+def read_influx(settings: Settings, audit: Audit) -> None:
+    """The expected readings' points in the raw database, per measure over their span."""
+    if not audit.occurrences:
+        return
+    by_measure: dict[str, list[int]] = defaultdict(list)
+    for measure, _, ts in audit.occurrences:
+        by_measure[measure].append(ts)
+    with InfluxV1(settings.influx) as influx:
+        for measure, stamps in sorted(by_measure.items()):
+            q = (
+                f'SELECT "value", "sensor_id", "location_id", "city" FROM {quote_ident(measure)} '
+                f"WHERE time >= {min(stamps)}s AND time <= {max(stamps)}s"
+            )
+            series: dict[tuple[int, int], set[tuple[Any, Any]]] = defaultdict(set)
+            for row in influx.rows(q, settings.influx.raw_database, epoch="s"):
+                if row.get("sensor_id") in (None, ""):
+                    continue
+                point = (int(row["sensor_id"]), int(row["time"]))
+                series[point].add((row.get("location_id"), row.get("city")))
+            for (sensor, ts), tags in series.items():
+                rid = (measure, sensor, ts)
+                if rid not in audit.occurrences:
+                    continue
+                audit.in_influx.add(rid)
+                if len(tags) > 1:
+                    audit.doubled[rid] = len(tags)
+
+
+def run_audit(settings: Settings, since: float, until: float | None = None) -> Audit:
+    """Audit the raw-topic records stamped in [since, until] (until: now)."""
+    started = time.monotonic()
+    audit = Audit(since=since, until=until if until is not None else time.time())
+    read_raw(settings, audit)
+    read_dead_letters(settings, audit)
+    read_readings_topic(settings, audit)
+    read_influx(settings, audit)
+    audit.seconds = time.monotonic() - started
+    return audit

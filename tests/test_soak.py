@@ -1,0 +1,159 @@
+"""Soak: `aircast run` on the simulator at a sustained rate for a long time (marked
+``soak``; `make soak` runs it, `make test` does not).
+
+Defaults: one hour at 10x the real network's rate (about 1,400 records/s: the simulator's
+sensors report every 145 s, so 203,000 of them). Override with ``AIRCAST_SOAK_SECONDS``
+and ``AIRCAST_SOAK_RECORDS_PER_S``.
+
+Checked, and written to ``<state>/soak.json`` (and printed) for the README:
+
+* memory: every stack and Ray process's RSS is sampled every 30 s; after a warm-up
+  (the first fifth of the run), no process grows by more than ``RSS_BOUND`` (25 % +
+  64 MiB) from its warm-up level to its last quarter's median;
+* lag: after every snapshot the collectors' lag returns to zero before the next one
+  comes (each refresh window), i.e. the pipeline keeps up;
+* conservation: ``aircast audit`` over the whole run shows nothing lost or doubled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from aircast.audit import run_audit
+from aircast.pipeline import status as pipeline_status
+from aircast.settings import Settings, StackSettings
+from aircast.stack import control
+
+from .conftest import REPO
+
+pytestmark = [pytest.mark.soak, pytest.mark.flink]
+
+READING_INTERVAL_S = 145  # the simulator's sensors report this often (as SDS011s do)
+REFRESH_S = 30
+SAMPLE_S = 30
+
+
+def rss_bound(base: float) -> float:
+    return base * 1.25 + 64 * 2**20
+
+
+def _processes(state: Path) -> dict[int, str]:
+    """Every process of this stack and its Ray cluster, by PID → short name."""
+    out: dict[int, str] = {}
+    for pid in control.stack_processes(state):
+        try:
+            cmd = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            continue
+        out[pid] = cmd.split(" -")[0].rsplit("/", 1)[-1][:40] + f"[{pid}]"
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if proc.info["pid"] not in out and ("ray::" in cmd or "actors." in cmd):
+            out[proc.info["pid"]] = cmd[:40] + f"[{proc.info['pid']}]"
+    return out
+
+
+def test_soak(tmp_path: Path) -> None:
+    seconds = float(os.environ.get("AIRCAST_SOAK_SECONDS", "3600"))
+    rate = float(os.environ.get("AIRCAST_SOAK_RECORDS_PER_S", "1400"))
+    sensors = max(1, round(rate * READING_INTERVAL_S))
+    state = tmp_path / "state"
+    env = {
+        **os.environ,
+        "AIRCAST_STACK__STATE_DIR": str(state),
+        "AIRCAST_INGEST__SOURCE": "simulator",
+        "AIRCAST_INGEST__SIMULATOR_SENSORS": str(sensors),
+        "AIRCAST_INGEST__SIMULATOR_REFRESH_S": str(REFRESH_S),
+        "AIRCAST_INGEST__INTERVAL_S": str(REFRESH_S),
+        "AIRCAST_INGEST__SCRAPERS": "2",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aircast.cli", "run", "--status-every", "30"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
+    reader.daemon = True
+    reader.start()
+    samples: dict[str, list[tuple[float, int]]] = {}
+    lags: list[tuple[float, int | None]] = []
+    try:
+        deadline = time.monotonic() + 600
+        while not any("Ctrl-C" in line for line in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(1)
+        settings = control.load_stack_settings(
+            Settings(stack=StackSettings(state_dir=state)), state.resolve()
+        )
+        since = time.time()
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            assert proc.poll() is None, "".join(lines[-50:])
+            t = time.monotonic() - start
+            for pid, name in _processes(state).items():
+                try:
+                    samples.setdefault(name, []).append((t, psutil.Process(pid).memory_info().rss))
+                except psutil.Error:
+                    continue
+            lags.append((t, pipeline_status(settings).collector_lag))
+            time.sleep(SAMPLE_S)
+        until = time.time()
+        audit = run_audit(settings, since, until)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        reader.join(timeout=10)
+
+    warm = seconds / 5
+    growth: dict[str, tuple[int, int]] = {}
+    for name, series in samples.items():
+        base = [rss for t, rss in series if t <= warm]
+        tail = [rss for t, rss in series if t >= seconds * 0.75]
+        if base and tail:
+            growth[name] = (int(statistics.median(base)), int(statistics.median(tail)))
+    grew = {n: g for n, g in growth.items() if g[1] > rss_bound(g[0])}
+    # Lag is sampled every SAMPLE_S; within every refresh window (plus a sample) it must
+    # have touched zero at least once after warm-up.
+    after = [(t, lag) for t, lag in lags if t > warm]
+    windows = max(1, int((seconds - warm) // (REFRESH_S * 2)))
+    zero_hits = sum(1 for _, lag in after if lag == 0)
+    result = {
+        "seconds": seconds,
+        "records_per_s": rate,
+        "sensors": sensors,
+        "raw_records": audit.raw_records,
+        "readings": audit.stored,
+        "lost": len(audit.lost),
+        "written_twice": len(audit.doubled),
+        "max_lag": max((lag or 0 for _, lag in after), default=None),
+        "lag_zero_samples": zero_hits,
+        "lag_samples": len(after),
+        "rss_mib": {n: [round(b / 2**20), round(e / 2**20)] for n, (b, e) in growth.items()},
+        "grew_beyond_bound": sorted(grew),
+    }
+    (state.parent / "soak.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+    assert audit.raw_records > 0
+    assert audit.lost == [] and audit.doubled == {}, result
+    assert not grew, result
+    assert zero_hits >= windows // 2, result
