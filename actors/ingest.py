@@ -8,7 +8,9 @@ Run it:
 
 A scraper actor that dies is restarted by Ray (``max_restarts``) and the shard's task
 is retried (``max_task_retries``): the ingestor's ordering (produce, flush, then mark
-seen in Redis) makes a retry safe.
+seen in Redis) makes a retry safe. A snapshot whose shards fail otherwise (Redis or
+Kafka down longer than their clients retry) is ingested again, whole, with backoff; the
+coordinator never dies of one snapshot.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from aircast.simulator import Network, SimulatorServer, current_window_end
 from aircast.sources import ArchiveSource, HttpSource, Snapshot, SourceError, probe
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_ATTEMPTS = 4  # one snapshot's ingest, with 2, 4, 8 s between attempts
 
 
 @ray.remote(max_restarts=-1, max_task_retries=3, num_cpus=0.5)
@@ -149,18 +153,69 @@ class Coordinator:
         for raw in snapshot.records:
             shards[shard_of(raw, len(shards))].append(raw)
         origin = f"{snapshot.source}:{snapshot.origin}"
-        results = ray.get(
-            [
-                scraper.process.remote(shard, origin)
-                for scraper, shard in zip(self.scrapers, shards, strict=True)
-                if shard
-            ]
-        )
+        refs = [
+            scraper.process.remote(shard, origin)
+            for scraper, shard in zip(self.scrapers, shards, strict=True)
+            if shard
+        ]
+        # Every shard's outcome is collected (not just up to the first failure), so no
+        # error is left unretrieved and a retry starts when all shards have stopped.
+        results, errors = [], []
+        for ref in refs:
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
         counts = IngestCounts()
         for result in results:
             counts.merge(IngestCounts.from_dict(result))
         self.total.merge(counts)
         return counts
+
+    def ingest_retrying(self, snapshot: Snapshot) -> IngestCounts | None:
+        """:meth:`ingest`, again with backoff when a shard fails (safe: records are
+        marked seen only after they were produced); None if every attempt failed."""
+        delay = 2.0
+        for attempt in range(1, SNAPSHOT_ATTEMPTS + 1):
+            try:
+                return self.ingest(snapshot)
+            except ray.exceptions.RayError as exc:
+                if attempt == SNAPSHOT_ATTEMPTS:
+                    log.error(
+                        "snapshot given up source=%s records=%d attempts=%d error=%s "
+                        "(what is still in the feed is taken with the next snapshot)",
+                        snapshot.source,
+                        len(snapshot.records),
+                        attempt,
+                        exc,
+                    )
+                    return None
+                log.warning(
+                    "snapshot failed source=%s attempt=%d retry_in=%.0fs error=%s",
+                    snapshot.source,
+                    attempt,
+                    delay,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
+                time.sleep(delay)
+                delay *= 2
+        return None
+
+    def _log_snapshot(self, source: str, counts: IngestCounts, seconds: float) -> None:
+        log.info(
+            "snapshot ingested source=%s records=%d produced=%d values=%d "
+            "rejected=%s cache_hits=%d cache_misses=%d seconds=%.2f",
+            source,
+            counts.records,
+            counts.produced,
+            counts.values_produced,
+            dict(counts.rejected),
+            counts.cache_hits,
+            counts.cache_misses,
+            seconds,
+        )
 
     def run(self, source: str, *, once: bool = False, max_snapshots: int | None = None) -> None:
         interval = self.settings.ingest.interval_s
@@ -170,20 +225,10 @@ class Coordinator:
             if snapshot is None:
                 log.info("snapshot unchanged source=%s (304)", source)
             else:
-                counts = self.ingest(snapshot)
+                counts = self.ingest_retrying(snapshot)
                 taken += 1
-                log.info(
-                    "snapshot ingested source=%s records=%d produced=%d values=%d "
-                    "rejected=%s cache_hits=%d cache_misses=%d seconds=%.2f",
-                    source,
-                    counts.records,
-                    counts.produced,
-                    counts.values_produced,
-                    dict(counts.rejected),
-                    counts.cache_hits,
-                    counts.cache_misses,
-                    time.monotonic() - started,
-                )
+                if counts is not None:
+                    self._log_snapshot(source, counts, time.monotonic() - started)
             if once or (max_snapshots is not None and taken >= max_snapshots):
                 return
             if source != "archive":  # the archive source paces itself

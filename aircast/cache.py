@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.retry import Retry
 
 from aircast.settings import RedisSettings
+
+# A restarted redis-server is back within seconds, first refusing connections, then
+# answering LOADING while it reads its append-only file: retry through both (about
+# 12 s in all) rather than fail a scraper's snapshot.
+RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=10)
 
 
 def redis_client(settings: RedisSettings) -> redis.Redis[str]:
@@ -16,7 +24,8 @@ def redis_client(settings: RedisSettings) -> redis.Redis[str]:
         socket_timeout=5.0,
         socket_connect_timeout=5.0,
         health_check_interval=30,
-        retry_on_timeout=True,
+        retry=RETRY,
+        retry_on_error=[BusyLoadingError, ConnectionError, TimeoutError],
     )
 
 
