@@ -11,7 +11,7 @@ from aircast.settings import RedisSettings
 
 # A restarted redis-server is back within seconds, first refusing connections, then
 # answering LOADING while it reads its append-only file: retry through both (about
-# 12 s in all) rather than fail a scraper's snapshot.
+# 15 s in all) rather than fail a scraper's snapshot.
 RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=10)
 
 
@@ -25,7 +25,8 @@ def redis_client(settings: RedisSettings) -> redis.Redis[str]:
         socket_connect_timeout=5.0,
         health_check_interval=30,
         retry=RETRY,
-        retry_on_error=[BusyLoadingError, ConnectionError, TimeoutError],
+        # OSError: a refused connect is a socket error, which redis-py does not retry.
+        retry_on_error=[BusyLoadingError, ConnectionError, TimeoutError, OSError],
     )
 
 

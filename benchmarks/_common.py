@@ -27,7 +27,7 @@ def private_stack(*services: str) -> Iterator[Settings]:
         try:
             yield control.load_stack_settings(base, Path(tmp).resolve())
         finally:
-            control.down(base)
+            control.down(base, purge=True)
 
 
 def emit(result: dict[str, Any]) -> None:

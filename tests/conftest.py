@@ -42,7 +42,7 @@ def stack_settings(stack_dir: Path) -> Iterator[Settings]:
     try:
         yield control.load_stack_settings(base, stack_dir.resolve())
     finally:
-        control.down(base)
+        control.down(base, purge=True)
 
 
 @pytest.fixture()

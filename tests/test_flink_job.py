@@ -50,7 +50,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     try:
         yield control.load_stack_settings(base, state_dir.resolve())
     finally:
-        control.down(base)
+        control.down(base, purge=True)
 
 
 @dataclass

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import shutil
+import socket
+import subprocess
+import threading
 import time
 from collections import Counter
 from datetime import date
@@ -23,6 +28,7 @@ from aircast.records import DeadLetter
 from aircast.settings import Settings
 from aircast.simulator import Faults, Network, SimulatorServer
 from aircast.sources import ArchiveSource, HttpSource, SourceError
+from aircast.stack.services import free_port
 
 from .conftest import unique
 from .helpers import read_topic
@@ -227,3 +233,77 @@ def test_archive_replay_of_a_real_day(stack_settings: Settings) -> None:
     outcomes = [o for r in records for o in R.split_record(r)]
     readings = [o for o in outcomes if isinstance(o, R.Reading)]
     assert len(readings) > 0.9 * len(outcomes)
+
+
+def _redis_server(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise AssertionError("redis-server did not start")
+
+
+def test_a_snapshot_is_retaken_while_redis_is_down(
+    ray_session: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis down for longer than its clients retry: the shards fail, the coordinator
+    retakes the whole snapshot with backoff, and once redis-server is back every valid
+    record is produced exactly once (none lost, none twice)."""
+    from actors.ingest import Coordinator
+
+    port = free_port()
+    redis = _redis_server(port)
+    base = fresh(ray_session)
+    settings = base.model_copy(
+        update={"redis": base.redis.model_copy(update={"url": f"redis://127.0.0.1:{port}/0"})}
+    )
+    net = Network(200, seed=13)
+    snap = net.snapshot(WINDOW_1)
+    keep, _ = expected(snap)
+    coordinator = Coordinator(settings)
+    redis.kill()
+    redis.wait()
+    with SimulatorServer(net, clock=lambda: WINDOW_1) as server:
+        snapshot = HttpSource(server.url, name="simulator").fetch()
+        assert snapshot is not None
+        result: list[Any] = []
+
+        def take() -> None:
+            result.append(coordinator.ingest_retrying(snapshot))
+
+        worker = threading.Thread(target=take, daemon=True)
+        with caplog.at_level(logging.WARNING, logger="actors.ingest"):
+            worker.start()
+            time.sleep(20)  # beyond the Redis clients' own ~15 s of retries
+            redis = _redis_server(port)
+            try:
+                worker.join(timeout=90)
+            finally:
+                redis.kill()
+                redis.wait()
+    assert not worker.is_alive()
+    counts = result[0]
+    assert counts is not None and counts.produced == len(keep)
+    assert "snapshot failed" in caplog.text
+    produced = read_topic(settings.kafka, settings.kafka.raw_topic, expect=len(keep))
+    assert len(produced) == len(keep)

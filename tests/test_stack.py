@@ -4,7 +4,9 @@ and `down` (or Ctrl-C on `aircast run`) leaves no process behind."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -280,3 +282,28 @@ def test_flink_job_runs_as_a_supervised_service(tmp_path: Path) -> None:
         ["pgrep", "-f", str(settings.stack.state_dir.resolve())], capture_output=True, text=True
     )
     assert java.stdout.strip() == ""
+
+
+def test_down_keeps_only_the_newest_ray_session_and_purge_keeps_none(tmp_path: Path) -> None:
+    from aircast.stack.services import Plan
+    from aircast.stack.supervisor import plan_path
+
+    state = (tmp_path / "pruned").resolve()
+    state.mkdir()
+    plan = Plan(state, ("ray",), {"ray.port": 1}, "u", "p")
+    plan_path(state).write_text(json.dumps(plan.to_json()))
+    temp = plan.ray_temp_dir
+    sessions = [temp / f"session_2026-11-2{i}_10-00-00_000000_1" for i in range(3)]
+    for i, session in enumerate(sessions):
+        (session / "logs").mkdir(parents=True)
+        os.utime(session, (1_000 + i, 1_000 + i))
+    (temp / "session_latest").symlink_to(sessions[-1])
+    settings = Settings(stack=StackSettings(state_dir=state, services=("ray",)))
+    try:
+        assert not control.down(settings)
+        left = sorted(p.name for p in temp.glob("session_2*"))
+        assert left == [sessions[-1].name]  # the newest kept, for its logs
+        control.down(settings, purge=True)
+        assert not temp.exists()
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,8 +293,12 @@ def stack_processes(state_dir: Path) -> list[int]:
     return found
 
 
-def down(settings: Settings) -> bool:
-    """Stop the stack; True if one was running. Leaves no process behind."""
+def down(settings: Settings, *, purge: bool = False) -> bool:
+    """Stop the stack; True if one was running. Leaves no process behind.
+
+    Ray's temp dir (in /tmp, one per state folder) keeps only its newest session, for
+    its logs; ``purge`` (throwaway stacks of tests and benchmarks) removes it whole.
+    Without this, every `up` left a session behind, and /tmp filled (11 GB seen)."""
     state_dir = settings.stack.state_dir.resolve()
     info = running(state_dir)
     if info is not None:
@@ -301,7 +306,26 @@ def down(settings: Settings) -> bool:
     else:
         _cleanup_leftovers(state_dir)
     stack_file(state_dir).unlink(missing_ok=True)
+    _prune_ray_sessions(state_dir, purge=purge)
     return info is not None
+
+
+def _prune_ray_sessions(state_dir: Path, *, purge: bool) -> None:
+    plan_file = plan_path(state_dir)
+    if not plan_file.is_file():
+        return
+    temp = Plan.from_json(json.loads(plan_file.read_text())).ray_temp_dir
+    if not temp.is_dir():
+        return
+    if purge:
+        shutil.rmtree(temp, ignore_errors=True)
+        return
+    sessions = sorted(
+        (p for p in temp.glob("session_2*") if p.is_dir() and not p.is_symlink()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    for old in sessions[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def status(settings: Settings) -> dict[str, dict[str, Any]]:
