@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
@@ -13,6 +15,9 @@ from aircast.settings import RedisSettings
 # answering LOADING while it reads its append-only file: retry through both (about
 # 15 s in all) rather than fail a scraper's snapshot.
 RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=10)
+# OSError: a refused connect is a socket error, which redis-py does not retry by itself
+# (its stubs type this list as Redis errors only, hence Any).
+RETRY_ON: list[Any] = [BusyLoadingError, ConnectionError, TimeoutError, OSError]
 
 
 def redis_client(settings: RedisSettings) -> redis.Redis[str]:
@@ -25,8 +30,7 @@ def redis_client(settings: RedisSettings) -> redis.Redis[str]:
         socket_connect_timeout=5.0,
         health_check_interval=30,
         retry=RETRY,
-        # OSError: a refused connect is a socket error, which redis-py does not retry.
-        retry_on_error=[BusyLoadingError, ConnectionError, TimeoutError, OSError],
+        retry_on_error=RETRY_ON,
     )
 
 
