@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ from aircast.settings import Settings
 
 ReadingId = tuple[str, int, int]  # (measure, sensor id, timestamp): one reading
 SHOWN = 20  # differences listed in full up to this many
+SLICE_S = 3600  # InfluxDB is read an hour of readings at a time
 
 
 def reading_id(reading: Reading) -> ReadingId:
@@ -240,12 +242,8 @@ def read_influx(settings: Settings, audit: Audit) -> None:
         by_measure[measure].append(ts)
     with InfluxV1(settings.influx) as influx:
         for measure, stamps in sorted(by_measure.items()):
-            q = (
-                f'SELECT "value", "sensor_id", "location_id", "city" FROM {quote_ident(measure)} '
-                f"WHERE time >= {min(stamps)}s AND time <= {max(stamps)}s"
-            )
             series: dict[tuple[int, int], set[tuple[Any, Any]]] = defaultdict(set)
-            for row in influx.rows(q, settings.influx.raw_database, epoch="s"):
+            for row in _points(influx, settings.influx.raw_database, measure, stamps):
                 if row.get("sensor_id") in (None, ""):
                     continue
                 point = (int(row["sensor_id"]), int(row["time"]))
@@ -257,6 +255,21 @@ def read_influx(settings: Settings, audit: Audit) -> None:
                 audit.in_influx.add(rid)
                 if len(tags) > 1:
                     audit.doubled[rid] = len(tags)
+
+
+def _points(
+    influx: InfluxV1, database: str, measure: str, stamps: list[int]
+) -> Iterator[dict[str, Any]]:
+    """The measure's points over the readings' time span, an hour per query (bounded
+    responses, however long the span)."""
+    first, last = min(stamps), max(stamps)
+    for start in range(first, last + 1, SLICE_S):
+        end = min(start + SLICE_S - 1, last)
+        q = (
+            f'SELECT "value", "sensor_id", "location_id", "city" FROM {quote_ident(measure)} '
+            f"WHERE time >= {start}s AND time <= {end}s"
+        )
+        yield from influx.rows(q, database, epoch="s")
 
 
 def run_audit(settings: Settings, since: float, until: float | None = None) -> Audit:
