@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 
 from kafka import KafkaConsumer, TopicPartition
 
 from aircast.kafka import connection_options
 from aircast.settings import KafkaSettings
+
+from .conftest import REPO
 
 
 def read_topic(
@@ -57,3 +64,51 @@ def read_topic(
         return out
     finally:
         consumer.close()
+
+
+class AircastRun:
+    """`aircast run` (what `make run` runs) as a child process, its output collected
+    by a reader thread; for the tests that drive the whole thing."""
+
+    def __init__(self, env: dict[str, str], *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "aircast.cli", "run", *args],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.lines: list[str] = []
+        stdout = self.proc.stdout
+        self._reader = threading.Thread(
+            target=lambda: self.lines.extend(iter(stdout.readline, "")), daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def out(self) -> str:
+        return "".join(self.lines)
+
+    def wait_running(self, timeout_s: float = 420) -> None:
+        """Until it printed its URLs and "press Ctrl-C"; fails if it ended or hung."""
+        deadline = time.monotonic() + timeout_s
+        while not any("Ctrl-C" in line for line in self.lines):
+            assert self.proc.poll() is None, "aircast run ended early:\n" + self.out
+            assert time.monotonic() < deadline, "aircast run not ready:\n" + self.out
+            time.sleep(1)
+
+    def stop(self, timeout_s: float = 180) -> int:
+        """Ctrl-C, as a user would; the exit code (killed if it does not stop)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode

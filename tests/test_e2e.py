@@ -16,12 +16,9 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -34,7 +31,7 @@ from aircast.measures import MEASURES
 from aircast.settings import Settings, StackSettings
 from aircast.stack import control
 
-from .conftest import REPO
+from .helpers import AircastRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
 
@@ -44,65 +41,38 @@ SNAPSHOT = re.compile(r"snapshot ingested source=\S+ records=(\d+) produced=(\d+
 
 @dataclass
 class Run:
-    proc: subprocess.Popen[str]
+    app: AircastRun
     state: Path
-    lines: list[str] = field(default_factory=list)
-    settings: Settings | None = None
-
-    @property
-    def out(self) -> str:
-        return "".join(self.lines)
+    settings: Settings
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     state = tmp_path_factory.mktemp("run") / "state"
-    env = {
-        **os.environ,
-        "AIRCAST_STACK__STATE_DIR": str(state),
-        "AIRCAST_INGEST__SOURCE": "simulator",
-        "AIRCAST_INGEST__SIMULATOR_SENSORS": "600",
-        "AIRCAST_INGEST__SIMULATOR_REFRESH_S": str(INTERVAL_S),
-        "AIRCAST_INGEST__INTERVAL_S": str(INTERVAL_S),
-        "AIRCAST_INGEST__SCRAPERS": "2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aircast.cli", "run", "--status-every", "10"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    app = AircastRun(
+        {
+            "AIRCAST_STACK__STATE_DIR": str(state),
+            "AIRCAST_INGEST__SOURCE": "simulator",
+            "AIRCAST_INGEST__SIMULATOR_SENSORS": "600",
+            "AIRCAST_INGEST__SIMULATOR_REFRESH_S": str(INTERVAL_S),
+            "AIRCAST_INGEST__INTERVAL_S": str(INTERVAL_S),
+            "AIRCAST_INGEST__SCRAPERS": "2",
+        },
+        "--status-every",
+        "10",
     )
-    assert proc.stdout is not None
-    r = Run(proc, state)
-    reader = threading.Thread(target=lambda: r.lines.extend(iter(proc.stdout.readline, "")))
-    reader.daemon = True
-    reader.start()
     try:
-        deadline = time.monotonic() + 420
-        while not any("Ctrl-C" in line for line in r.lines):
-            assert proc.poll() is None, r.out
-            assert time.monotonic() < deadline, r.out
-            time.sleep(1)
-        r.settings = control.load_stack_settings(
+        app.wait_running()
+        settings = control.load_stack_settings(
             Settings(stack=StackSettings(state_dir=state)), state.resolve()
         )
-        yield r
+        yield Run(app, state, settings)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=180)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        reader.join(timeout=10)
-        proc.stdout.close()
+        app.stop()
 
 
 def test_readings_reach_influxdb_and_the_api(run: Run) -> None:
     settings = run.settings
-    assert settings is not None
     report = control.status(settings)
     unhealthy = {k: v for k, v in report.items() if not v["healthy"]}
     assert not unhealthy, unhealthy
@@ -116,13 +86,13 @@ def test_readings_reach_influxdb_and_the_api(run: Run) -> None:
             rows = influx.rows(f'SELECT count("value") FROM {names}', settings.influx.raw_database)
             points = sum(int(r["count"]) for r in rows)
             time.sleep(2)
-    assert points > 0, run.out
+    assert points > 0, run.app.out
 
-    base = next(line.split("│")[2].strip() for line in run.lines if "live map" in line)
+    base = next(line.split("│")[2].strip() for line in run.app.lines if "live map" in line)
     base = base.removesuffix("/ui/")
     sensors = httpx.get(f"{base}/sensors", timeout=30).json()
     assert len(sensors["sensors"]) > 0
-    assert any("ray job: ingest" in line for line in run.lines)
+    assert any("ray job: ingest" in line for line in run.app.lines)
 
 
 # -- conservation under faults ---------------------------------------------------------
@@ -211,7 +181,6 @@ DRILLS: dict[str, Callable[[Settings], int]] = {
 @pytest.mark.parametrize("drill", list(DRILLS))
 def test_conservation_when_killed(run: Run, drill: str) -> None:
     settings = run.settings
-    assert settings is not None
     _wait_healthy(settings)
     # The span starts and ends right after a snapshot, so it holds whole snapshots.
     before = _after_next_snapshot(settings, len(_snapshots(settings)))
@@ -238,9 +207,6 @@ def test_conservation_when_killed(run: Run, drill: str) -> None:
 
 
 def test_ctrl_c_leaves_nothing(run: Run) -> None:
-    run.proc.send_signal(signal.SIGINT)
-    run.proc.wait(timeout=180)
-    time.sleep(1)
-    assert run.proc.returncode == 0, run.out
-    assert "nothing left running" in run.out
+    assert run.app.stop() == 0, run.app.out
+    assert "nothing left running" in run.app.out
     assert control.stack_processes(run.state) == []

@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,9 +31,12 @@ from aircast.pipeline import status as pipeline_status
 from aircast.settings import Settings, StackSettings
 from aircast.stack import control
 
-from .conftest import REPO
+from .helpers import AircastRun
 
-pytestmark = [pytest.mark.soak, pytest.mark.flink]
+SECONDS = float(os.environ.get("AIRCAST_SOAK_SECONDS", "3600"))
+RATE = float(os.environ.get("AIRCAST_SOAK_RECORDS_PER_S", "1400"))
+# The run itself, plus start-up, the audit and the stop.
+pytestmark = [pytest.mark.soak, pytest.mark.flink, pytest.mark.timeout(SECONDS + 1800)]
 
 READING_INTERVAL_S = 145  # the simulator's sensors report this often (as SDS011s do)
 REFRESH_S = 30
@@ -65,47 +64,32 @@ def _processes(state: Path) -> dict[int, str]:
 
 
 def test_soak(tmp_path: Path) -> None:
-    seconds = float(os.environ.get("AIRCAST_SOAK_SECONDS", "3600"))
-    rate = float(os.environ.get("AIRCAST_SOAK_RECORDS_PER_S", "1400"))
+    seconds, rate = SECONDS, RATE
     sensors = max(1, round(rate * READING_INTERVAL_S))
     state = tmp_path / "state"
-    env = {
-        **os.environ,
-        "AIRCAST_STACK__STATE_DIR": str(state),
-        "AIRCAST_INGEST__SOURCE": "simulator",
-        "AIRCAST_INGEST__SIMULATOR_SENSORS": str(sensors),
-        "AIRCAST_INGEST__SIMULATOR_REFRESH_S": str(REFRESH_S),
-        "AIRCAST_INGEST__INTERVAL_S": str(REFRESH_S),
-        "AIRCAST_INGEST__SCRAPERS": "2",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aircast.cli", "run", "--status-every", "30"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    app = AircastRun(
+        {
+            "AIRCAST_STACK__STATE_DIR": str(state),
+            "AIRCAST_INGEST__SOURCE": "simulator",
+            "AIRCAST_INGEST__SIMULATOR_SENSORS": str(sensors),
+            "AIRCAST_INGEST__SIMULATOR_REFRESH_S": str(REFRESH_S),
+            "AIRCAST_INGEST__INTERVAL_S": str(REFRESH_S),
+            "AIRCAST_INGEST__SCRAPERS": "2",
+        },
+        "--status-every",
+        "30",
     )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))
-    reader.daemon = True
-    reader.start()
     samples: dict[str, list[tuple[float, int]]] = {}
     lags: list[tuple[float, int | None]] = []
     try:
-        deadline = time.monotonic() + 600
-        while not any("Ctrl-C" in line for line in lines):
-            assert proc.poll() is None, "".join(lines)
-            assert time.monotonic() < deadline, "".join(lines)
-            time.sleep(1)
+        app.wait_running(timeout_s=600)
         settings = control.load_stack_settings(
             Settings(stack=StackSettings(state_dir=state)), state.resolve()
         )
         since = time.time()
         start = time.monotonic()
         while time.monotonic() - start < seconds:
-            assert proc.poll() is None, "".join(lines[-50:])
+            assert app.proc.poll() is None, "".join(app.lines[-50:])
             t = time.monotonic() - start
             for pid, name in _processes(state).items():
                 try:
@@ -115,14 +99,14 @@ def test_soak(tmp_path: Path) -> None:
             lags.append((t, pipeline_status(settings).collector_lag))
             time.sleep(SAMPLE_S)
         until = time.time()
+        # The last snapshots are still in flight: audit once the pipeline drained them.
+        drain_until = time.monotonic() + 900
         audit = run_audit(settings, since, until)
+        while not audit.ok and time.monotonic() < drain_until:
+            time.sleep(15)
+            audit = run_audit(settings, since, until)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        reader.join(timeout=10)
+        app.stop()
 
     warm = seconds / 5
     growth: dict[str, tuple[int, int]] = {}

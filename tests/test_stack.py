@@ -25,6 +25,7 @@ from aircast.settings import InfluxSettings, Settings, StackSettings
 from aircast.stack import control
 
 from .conftest import REPO
+from .helpers import AircastRun
 
 
 def test_redis_hash_roundtrip(stack_settings: Settings, key_prefix: str) -> None:
@@ -195,33 +196,19 @@ def test_crashed_service_is_restarted(tmp_path: Path) -> None:
 
 def test_aircast_run_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     state = tmp_path / "run-stack"
-    env = {
-        **os.environ,
-        "AIRCAST_STACK__STATE_DIR": str(state),
-        "AIRCAST_STACK__SERVICES": '["redis","kafka","influxdb"]',
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aircast.cli", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    app = AircastRun(
+        {
+            "AIRCAST_STACK__STATE_DIR": str(state),
+            "AIRCAST_STACK__SERVICES": '["redis","kafka","influxdb"]',
+        }
     )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "Ctrl-C" in line:
-            break
-    else:
-        proc.wait()
-        pytest.fail("aircast run ended early:\n" + "".join(lines))
-    assert any("influxdb" in line and "http://127.0.0.1:" in line for line in lines)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "nothing left running" in out
+    try:
+        app.wait_running(timeout_s=180)
+        assert any("influxdb" in line and "http://127.0.0.1:" in line for line in app.lines)
+    finally:
+        code = app.stop(timeout_s=120)
+    assert code == 0, app.out
+    assert "nothing left running" in app.out
     assert control.stack_processes(state) == []
 
 
