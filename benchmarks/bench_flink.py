@@ -61,8 +61,9 @@ def identity_job(config: Path) -> int:
     return 0
 
 
-def records(settings: Settings, count: int) -> tuple[list[bytes], int]:
-    """``count`` feed records (real sample, timestamps shifted per round) and their values."""
+def records(settings: Settings, count: int, interval_s: int = 3600) -> tuple[list[bytes], int]:
+    """``count`` feed records and their values: the real sample (one record per sensor)
+    again and again, each round ``interval_s`` later than the one before."""
     sample: list[dict[str, Any]] = json.loads(settings.data.feed_sample.read_text())
     out: list[bytes] = []
     values = 0
@@ -74,8 +75,8 @@ def records(settings: Settings, count: int) -> tuple[list[bytes], int]:
             if len(out) == count:
                 break
             copy = dict(rec, place=PLACE)
-            # Each round an hour later: no reading repeats a (sensor, measure, time).
-            stamp = R.parse_timestamp(rec["timestamp"]) - sample_start + base + round_ * 3600
+            # No reading repeats a (sensor, measure, time).
+            stamp = R.parse_timestamp(rec["timestamp"]) - sample_start + base + round_ * interval_s
             copy["timestamp"] = R.format_timestamp(stamp)
             out.append(json.dumps(copy).encode())
             values += R.value_count(copy)
@@ -146,6 +147,13 @@ def main() -> None:
     parser.add_argument("--identity", type=Path, help="run the identity job (Flink venv)")
     parser.add_argument("--records", type=int, default=20_000)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--interval",
+        type=int,
+        default=150,
+        help="seconds between a sensor's records: 150 as the network's sensors send "
+        "(~4 per 10-minute window); 600 or more puts every record in a window of its own",
+    )
     args = parser.parse_args()
     if args.identity:
         sys.exit(identity_job(args.identity))
@@ -156,7 +164,7 @@ def main() -> None:
         work = Path(tmp)
         job, job_config = job_settings(stack, work, "job")
         ident, ident_config = job_settings(stack, work, "identity")
-        messages, values = records(stack, args.records)
+        messages, values = records(stack, args.records, args.interval)
         prod = producer(job.kafka)
         for m in messages:
             prod.send(job.kafka.raw_topic, value=m)
@@ -201,6 +209,7 @@ def main() -> None:
             "ratio": round(job_rate / identity_rate, 3),
             "target_ratio": 0.5,
             "execution_mode": job.flink.execution_mode,
+            "interval_s": args.interval,
         }
     )
 

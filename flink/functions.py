@@ -2,14 +2,15 @@
 
 Two Python stages, one shuffle (see :mod:`flink.topology`):
 
-* :class:`SplitMessage` — raw message → per valid value ``((key, carried), event ms)``,
-  the shape Flink's own timestamp assigner and key-by read without another Python
-  operator; rejections leave through the dead-letter side output;
-* :class:`ReadingsAndWindows` — keyed by ``sensor:measure``: drops duplicates, emits the
-  reading, keeps the key's 10-minute windows and fires them on event-time timers.
+* :class:`SplitMessage` — raw message → its valid values together,
+  ``((sensor id, carried record), event ms)``, the shape Flink's own timestamp assigner
+  and key-by read without another Python operator; rejections leave through the
+  dead-letter side output;
+* :class:`SensorReadings` — keyed by sensor id: drops duplicates, emits the readings,
+  keeps the sensor's 10-minute windows and fires them on event-time timers.
 
 Everything leaving for Kafka is a ``Row(k, v)`` of strings, ready for the keyed sinks;
-what travels between the stages is a tuple of plain values (see :func:`T.carried`).
+what travels between the stages is a tuple of plain values (see :func:`T.carried_record`).
 Nothing here logs or allocates per element beyond the records themselves.
 """
 
@@ -22,13 +23,13 @@ from typing import Any
 from pyflink.common import Row, Types
 from pyflink.common.time import Time
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
 
 from aircast.records import DeadLetter, Reading
 from flink import transforms as T
 
 KV_TYPE = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
-# (key, carried reading): the key-by of :mod:`flink.topology` reads field 0 in Java.
+# (sensor id, carried record): the key-by of :mod:`flink.topology` reads field 0 in Java.
 KEYED_TYPE = Types.ROW([Types.STRING(), Types.PICKLED_BYTE_ARRAY()])
 # What Flink's Python timestamp assigner takes: (element, event time in ms).
 TIMESTAMPED_TYPE = Types.TUPLE([KEYED_TYPE, Types.LONG()])
@@ -51,86 +52,68 @@ class SplitMessage(ProcessFunction):  # type: ignore[misc]
         self._topic = topic
 
     def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        readings: list[Reading] = []
         for outcome in T.split_message(value, int(time.time()), self._topic):
             if isinstance(outcome, Reading):
-                yield Row(outcome.key, T.carried(outcome)), T.event_time_ms(outcome)
+                readings.append(outcome)
             else:
                 yield _letter(outcome)
+        if readings:
+            key, record, event_ms = T.carried_record(readings)
+            yield Row(key, record), event_ms
 
 
-class ReadingsAndWindows(KeyedProcessFunction):  # type: ignore[misc]
-    """Keyed by ``sensor:measure``: duplicates out, readings on, 10-minute aggregates.
+class SensorReadings(KeyedProcessFunction):  # type: ignore[misc]
+    """Keyed by sensor id: duplicates out, readings on, 10-minute aggregates.
 
-    Two value states per key, both read from PyFlink's state cache in the Python worker
-    (no round trip to the JVM per reading): the recent timestamps (with a TTL, so
-    sensors that went silent are forgotten) and the open windows, which the key's
-    event-time timers fire and drop (see the window rules in :mod:`flink.transforms`).
-    Main output: readings rows; side outputs: aggregates and dead letters.
+    One call per record (all its values at once) and one map state per sensor, window
+    start → (times taken, the window's readings), read and written once per record, so
+    a record costs the same whatever the sensor's history (see :func:`T.take_record`).
+    Entries carry a TTL of ``dedupe_ttl_s``: it is the dedupe memory, and it frees what
+    a sensor that went silent left behind. Event-time timers fire and close the windows
+    (the window rules are in :mod:`flink.transforms`). Main output: readings rows; side
+    outputs: aggregates and dead letters.
 
     The TTL's visibility is ``ReturnExpiredIfNotCleanedUp``: with ``NeverReturnExpired``
-    PyFlink turns its state cache off for *every* state of the worker, and each reading
-    then costs four synchronous round trips to the JVM (measured: 12x slower job). The
-    TTL is there to free silent sensors' memory; which timestamps count as recent is
-    :func:`T.is_duplicate`'s event-time horizon, so a timestamp may only be recognised
-    somewhat longer than ``dedupe_ttl_s``, never shorter.
+    PyFlink turns its state cache off for *every* state of the worker (measured: 12x
+    slower job). A timestamp may so be recognised somewhat longer than ``dedupe_ttl_s``,
+    never shorter.
     """
 
     def __init__(self, dedupe_ttl_s: int, allowed_lateness_s: int) -> None:
         self._ttl_s = dedupe_ttl_s
-        self._lateness_s = allowed_lateness_s
         self._lateness_ms = allowed_lateness_s * 1000
-        self._seen: Any = None
         self._windows: Any = None
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        seen = ValueStateDescriptor("seen-timestamps", Types.PICKLED_BYTE_ARRAY())
-        seen.enable_time_to_live(
+        ttl = (
             StateTtlConfig.new_builder(Time.seconds(self._ttl_s))
             .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
             .set_state_visibility(StateTtlConfig.StateVisibility.ReturnExpiredIfNotCleanedUp)
             .build()
         )
-        self._seen = runtime_context.get_state(seen)
-        windows = ValueStateDescriptor("open-windows", Types.PICKLED_BYTE_ARRAY())
-        self._windows = runtime_context.get_state(windows)
+        windows = MapStateDescriptor("windows", Types.LONG(), Types.PICKLED_BYTE_ARRAY())
+        windows.enable_time_to_live(ttl)
+        self._windows = runtime_context.get_map_state(windows)
 
-    def process_element(self, value: T.Carried, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        text, fields = value
-        seen: set[int] | None = self._seen.value()
-        if seen is None:
-            seen = set()
-        if T.is_duplicate(seen, T.timestamp_of(fields), self._ttl_s):
-            yield _letter(T.duplicate_letter(T.reading_of(fields), int(time.time())))
-            return
-        self._seen.update(seen)
-        yield Row(k=ctx.get_current_key(), v=text)
-
+    def process_element(
+        self, value: T.CarriedRecord, ctx: KeyedProcessFunction.Context
+    ) -> Iterator[Any]:
         timers = ctx.timer_service()
-        watermark = timers.current_watermark()
-        windows: T.Windows | None = self._windows.value()
-        if windows is None:
-            windows = {}
-        placed = T.add_to_window(windows, fields, watermark, self._lateness_ms)
-        if placed is None:
-            late = T.late_letter(T.reading_of(fields), int(time.time()), self._lateness_s)
-            yield _letter(late)
-            return
-        self._windows.update(windows)
-        start, new = placed
-        if T.fires_now(start, watermark):
-            yield AGGREGATES, kv(T.aggregate_row(T.aggregate_of(windows, start)))
-        elif new:
-            timers.register_event_time_timer(T.fire_time_ms(start))
-        if new:
-            timers.register_event_time_timer(T.cleanup_time_ms(start, self._lateness_ms))
+        out, register = T.take_record(
+            self._windows, value, timers.current_watermark(), self._lateness_ms, int(time.time())
+        )
+        for timer in register:
+            timers.register_event_time_timer(timer)
+        for kind, (k, v) in out:
+            if kind == T.READING:
+                yield Row(k=k, v=v)
+            else:
+                yield _TAGS[kind], Row(k=k, v=v)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        windows: T.Windows | None = self._windows.value()
-        if not windows:
-            return
-        for aggregate in T.on_timer(windows, timestamp, self._lateness_ms):
-            yield AGGREGATES, kv(T.aggregate_row(aggregate))
-        if windows:
-            self._windows.update(windows)
-        else:
-            self._windows.clear()
+        for _, (k, v) in T.on_timer(self._windows, timestamp, self._lateness_ms):
+            yield AGGREGATES, Row(k=k, v=v)
+
+
+_TAGS = {T.LETTER: DEAD_LETTERS, T.AGGREGATE: AGGREGATES}

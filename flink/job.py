@@ -8,15 +8,16 @@ process's pipe, so even ``kill -9`` leaves no JVM behind).
 Topology (parallelism ``flink.parallelism``)::
 
     raw topic → KafkaSource → SplitMessage ──(rejections)──────────────────→ dead-letter topic
-      → event time + watermarks → key sensor:measure (Java, one shuffle)
-      → ReadingsAndWindows ─(duplicate, late)──────────────────────────────→ dead-letter topic
-                           ─(10-minute aggregates, event-time timers)──────→ aggregates topic
+      → event time + watermarks → key sensor (Java, one shuffle)
+      → SensorReadings ─(duplicate, late)──────────────────────────────────→ dead-letter topic
+                       ─(10-minute aggregates, event-time timers)──────────→ aggregates topic
       → readings topic
 
-Two Python operators, one shuffle: the dedupe and the windows are one keyed function
-(its own window state and timers, Flink's window rules — see :mod:`flink.transforms`),
-and event time and the key-by run in Java on what the split emits. Readings cross
-between the stages as plain tuples, not pickled objects. The Python functions run in
+Two Python operators, one shuffle: the dedupe and the windows are one function keyed
+by sensor (its own window state and timers, Flink's window rules — see
+:mod:`flink.transforms`), and event time and the key-by run in Java on what the split
+emits. A record's valid readings cross between the stages together, as plain tuples:
+one call and one state read and write per record, not per value. The Python functions run in
 the JVM's threads (``flink.execution_mode`` "thread", PyFlink's embedded interpreter):
 no gRPC bundles and state round trips to a worker process. (The first version — a
 separate dedupe, PyFlink's Python window operator behind a second shuffle, Python
@@ -33,7 +34,7 @@ measure is data (key and value), checked by tests.
 **Duplicates**: a (sensor, measure, timestamp) seen again within ``flink.dedupe_ttl_s``
 goes to the dead-letter topic (``duplicate``), never to the readings or the aggregates.
 
-**Windows**: tumbling 10-minute event-time windows per ``sensor:measure``; watermarks
+**Windows**: tumbling 10-minute event-time windows per sensor and measure; watermarks
 trail the newest reading by ``flink.watermark_out_of_orderness_s``; a window fires when
 the watermark passes its end and fires again, with the updated aggregate, for each
 reading arriving within ``flink.allowed_lateness_s`` after that (same key and window

@@ -70,9 +70,9 @@ def _keyed_readings(split: DataStream, settings: Settings) -> KeyedStream:
 
     PyFlink's own ``assign_timestamps_and_watermarks`` (Python timestamp assigner) and
     ``key_by`` (Python key selector) would each add a Python operator; the split
-    already emits their output shapes — ``((key, carried), event ms)`` — so the same
+    already emits their output shapes — ``((sensor id, record), event ms)`` — so the same
     Java functions they use (timestamp from field 1, key from field 0) apply directly
-    and a reading crosses the Python boundary twice, not four times.
+    and a record crosses the Python boundary twice, not four times.
     """
     jvm = get_gateway().jvm
     eventtime = jvm.org.apache.flink.streaming.api.functions.python.eventtime
@@ -102,9 +102,11 @@ def attach(env: StreamExecutionEnvironment, settings: Settings) -> None:
     ).name("split-validate")
     readings = (
         _keyed_readings(split, settings)
-        .process(F.ReadingsAndWindows(f.dedupe_ttl_s, f.allowed_lateness_s), output_type=F.KV_TYPE)
+        .process(F.SensorReadings(f.dedupe_ttl_s, f.allowed_lateness_s), output_type=F.KV_TYPE)
         .name("dedupe-aggregate-10min")
-        .uid("dedupe-aggregate-10min")
+        # Keyed by sensor; checkpoints of the earlier per-measure operator (uid
+        # "dedupe-aggregate-10min") do not restore into it, hence the new uid.
+        .uid("sensor-dedupe-aggregate-10min")
     )
     aggregates = readings.get_side_output(F.AGGREGATES)
     dead = split.get_side_output(F.DEAD_LETTERS).union(readings.get_side_output(F.DEAD_LETTERS))

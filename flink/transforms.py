@@ -10,10 +10,12 @@ Shapes (see :mod:`aircast.records` for the records themselves):
 * a repeated (sensor, measure, timestamp) → :func:`duplicate_letter`;
 * a reading behind the watermark beyond the allowed lateness → :func:`late_letter`;
 * a window's readings → :func:`window_aggregate` → :class:`~aircast.records.Aggregate`;
-* between the job's two Python stages a reading travels as :func:`carried` — its JSON
-  text and a tuple of its fields (pickling a tuple is ~10x cheaper than a dataclass);
-* one key's open windows (``{window start: [fields, ...]}``) are kept, fired and closed
-  by :func:`add_to_window` and :func:`on_timer`, with Flink's window semantics.
+* between the job's two Python stages a record's valid readings travel together as
+  :func:`carried_record` — per reading its key, JSON text and a tuple of its fields
+  (pickling a tuple is ~10x cheaper than a dataclass);
+* one sensor's dedupe memory and open windows are kept, fired and closed by
+  :func:`take_record` and :func:`fire`, with Flink's window semantics, over any
+  key-value store (:class:`Store`: Flink's MapState in the job, a dict in tests).
 
 Parsing, validation, ranges and reason codes all come from :mod:`aircast.records`;
 nothing here decides whether a value is valid.
@@ -24,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import fields
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -43,12 +45,11 @@ from aircast.records import (
 )
 
 STAGE = "flink"
-PRUNE_EVERY = 64
 
 Outcome = Reading | DeadLetter
 Fields = tuple[Any, ...]  # a Reading's fields, in declaration order
-Carried = tuple[str, Fields]  # (Reading JSON, fields)
-Windows = dict[int, list[Fields]]  # window start (epoch s) → its readings' fields
+Carried = tuple[str, str, Fields]  # (reading key, Reading JSON, fields)
+CarriedRecord = tuple[Carried, ...]  # one record's valid readings: one sensor, one time
 
 READING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Reading))
 _fields_of = attrgetter(*READING_FIELDS)
@@ -104,8 +105,16 @@ def reading_json(reading: Reading) -> str:
 
 
 def carried(reading: Reading) -> Carried:
-    """What the job's keyed stage receives of a reading: its JSON and its fields."""
-    return reading_json(reading), _fields_of(reading)
+    """What the job's keyed stage receives of a reading: its key, JSON and fields."""
+    return reading.key, reading_json(reading), _fields_of(reading)
+
+
+def carried_record(readings: list[Reading]) -> tuple[str, CarriedRecord, int]:
+    """One record's valid readings as the keyed stage takes them, with their key (the
+    sensor id) and event time (ms). A record is one sensor at one time, so its readings
+    share both: the keyed stage runs once per record, not once per value."""
+    first = readings[0]
+    return str(first.sensor_id), tuple(carried(r) for r in readings), event_time_ms(first)
 
 
 def reading_of(fields_: Fields) -> Reading:
@@ -139,23 +148,6 @@ def aggregate_row(aggregate: Aggregate) -> tuple[str, str]:
 def event_time_ms(reading: Reading) -> int:
     """Flink's event time (milliseconds) of a reading: when it was measured."""
     return reading.timestamp * 1000
-
-
-def is_duplicate(seen: set[int], timestamp: int, horizon_s: int) -> bool:
-    """Whether ``timestamp`` was already seen for this sensor and measure; records it.
-
-    ``seen`` holds the timestamps of one sensor's measure. Every ``PRUNE_EVERY`` new
-    entries, timestamps more than ``horizon_s`` behind the newest are forgotten, so the
-    set stays bounded by the sensor's rate (one value per 150 s over 2 days: ~1,150)
-    and the cost per reading stays constant.
-    """
-    if timestamp in seen:
-        return True
-    seen.add(timestamp)
-    if len(seen) % PRUNE_EVERY == 0:
-        cutoff = max(seen) - horizon_s
-        seen.difference_update([t for t in seen if t < cutoff])
-    return False
 
 
 def duplicate_letter(reading: Reading, at: int) -> DeadLetter:
@@ -202,17 +194,50 @@ def window_aggregate(readings: Iterable[Reading], window_start_ms: int) -> Aggre
     return Aggregate.of(ordered, window_start_ms // 1000)
 
 
-# -- one key's event-time windows ---------------------------------------------------
+# -- one sensor's dedupe memory and event-time windows ------------------------------
 # Flink's tumbling event-time windows with allowed lateness, kept by the job's keyed
-# function itself (one operator, one shuffle, one state read per reading, instead of
-# PyFlink's Python window operator behind a second shuffle). The rules are Flink's
-# (WindowOperator + EventTimeTrigger):
+# function itself (one operator, one shuffle, keyed by sensor so one call and two state
+# accesses serve a whole record), instead of PyFlink's Python window operator behind a
+# second shuffle. The rules are Flink's (WindowOperator + EventTimeTrigger):
 # * a window [start, end) fires when the watermark reaches end - 1 (its max timestamp);
 # * a reading for a window whose max timestamp + allowed lateness <= watermark is late:
 #   dropped from the aggregates (dead letter ``late``);
-# * any other reading for a window that already fired fires it again at once, with all
-#   its readings (the collector overwrites the same point);
-# * a window's readings are forgotten at max timestamp + allowed lateness.
+# * any other reading for a window that already fired fires it again at once (the
+#   aggregates of the measures it changed; the collector overwrites the same point);
+# * a window's readings are dropped at max timestamp + allowed lateness (its cleanup).
+# One state entry per sensor and window start holds both the window's readings and the
+# dedupe memory of its times (which outlives the readings, until the state's TTL): a
+# duplicate always has the same window start as the reading it repeats.
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+READING = 0
+LETTER = 1
+AGGREGATE = 2
+Output = tuple[int, tuple[str | None, str]]  # (READING | LETTER | AGGREGATE, (key, value))
+# (event time (s) → keys of the readings taken then, the window's readings' fields in
+# arrival order, or None once the window is closed for good)
+Entry = tuple[dict[int, tuple[str, ...]], list[Fields] | None]
+
+
+class Store(Protocol[K, V]):
+    """The part of Flink's ``MapState`` the keyed stage uses (one sensor's entries)."""
+
+    def get(self, key: K) -> V | None: ...
+    def put(self, key: K, value: V) -> None: ...
+
+
+class DictStore(dict[K, V]):
+    """A :class:`Store` over a dict: the keyed stage's logic without Flink."""
+
+    def put(self, key: K, value: V) -> None:
+        self[key] = value
+
+
+Windows = Store[int, Entry]  # window start (s) → entry
+
+_WINDOW_MS = AGGREGATE_WINDOW_S * 1000
 
 
 def fire_time_ms(start_s: int) -> int:
@@ -220,25 +245,16 @@ def fire_time_ms(start_s: int) -> int:
     return (start_s + AGGREGATE_WINDOW_S) * 1000 - 1
 
 
+def start_fired_at(time_ms: int) -> int | None:
+    """The window start whose firing time is ``time_ms``, if it is one."""
+    if (time_ms + 1) % _WINDOW_MS:
+        return None
+    return (time_ms + 1) // 1000 - AGGREGATE_WINDOW_S
+
+
 def cleanup_time_ms(start_s: int, allowed_lateness_ms: int) -> int:
     """From this watermark on, the window is closed for good."""
     return fire_time_ms(start_s) + allowed_lateness_ms
-
-
-def add_to_window(
-    windows: Windows, fields_: Fields, watermark_ms: int, allowed_lateness_ms: int
-) -> tuple[int, bool] | None:
-    """Put a reading into its window: ``None`` if it is late, else ``(window start, new)``;
-    ``new`` means the caller registers the window's timers (fire, cleanup)."""
-    start = window_start(timestamp_of(fields_))
-    if cleanup_time_ms(start, allowed_lateness_ms) <= watermark_ms:
-        return None
-    contents = windows.get(start)
-    if contents is None:
-        windows[start] = [fields_]
-        return start, True
-    contents.append(fields_)
-    return start, False
 
 
 def fires_now(start_s: int, watermark_ms: int) -> bool:
@@ -246,17 +262,86 @@ def fires_now(start_s: int, watermark_ms: int) -> bool:
     return fire_time_ms(start_s) <= watermark_ms
 
 
-def aggregate_of(windows: Windows, start_s: int) -> Aggregate:
-    """The aggregate of one window: :meth:`Aggregate.of` over its readings in time order."""
-    ordered = sorted(windows[start_s], key=_timestamp_of)  # stable: ties keep arrival
-    return Aggregate.of([Reading(*f) for f in ordered], start_s)
+def window_aggregates(
+    contents: list[Fields], start_s: int, keys: Iterable[str] | None = None
+) -> list[Aggregate]:
+    """The aggregates of one sensor's window, one per measure (only ``keys``' if given),
+    each over its readings in time order (stable: ties keep arrival order)."""
+    by_key: dict[str, list[Reading]] = {}
+    for f in contents:
+        r = Reading(*f)
+        by_key.setdefault(r.key, []).append(r)
+    wanted = sorted(by_key) if keys is None else sorted(set(keys))
+    return [Aggregate.of(sorted(by_key[k], key=attrgetter("timestamp")), start_s) for k in wanted]
 
 
-def on_timer(windows: Windows, time_ms: int, allowed_lateness_ms: int) -> list[Aggregate]:
-    """An event-time timer of this key: the windows due now fire (their aggregates are
-    returned), then the windows closed for good are dropped. One timer can be both one
-    window's firing and another's cleanup (timers of one key are unique per time)."""
-    fired = [aggregate_of(windows, s) for s in sorted(windows) if fire_time_ms(s) == time_ms]
-    for start in [s for s in windows if cleanup_time_ms(s, allowed_lateness_ms) <= time_ms]:
-        del windows[start]
-    return fired
+def take_record(
+    windows: Windows,
+    record: CarriedRecord,
+    watermark_ms: int,
+    allowed_lateness_ms: int,
+    at: int,
+) -> tuple[list[Output], tuple[int, ...]]:
+    """One record's readings through one sensor's dedupe and windows.
+
+    Returns what leaves (readings, dead letters, aggregates of a window that fires at
+    once) and the event-time timers to register (a new window's firing and cleanup). A
+    reading whose (sensor, measure, time) was taken before is a ``duplicate`` letter; a
+    taken reading for a window closed for good is delivered but ``late`` for the
+    aggregate.
+    """
+    timestamp = _timestamp_of(record[0][2])
+    start = window_start(timestamp)
+    entry = windows.get(start)
+    seen, contents = entry if entry is not None else ({}, None)
+    before = seen.get(timestamp, ())
+    out: list[Output] = []
+    taken: list[Carried] = []
+    keys = set(before)
+    for item in record:
+        key, text, fields_ = item
+        if key in keys:
+            out.append((LETTER, letter_row(duplicate_letter(Reading(*fields_), at))))
+            continue
+        keys.add(key)
+        taken.append(item)
+        out.append((READING, (key, text)))
+    if not taken:
+        return out, ()
+    seen[timestamp] = before + tuple(k for k, _, _ in taken)
+    cleanup = cleanup_time_ms(start, allowed_lateness_ms)
+    # Closed for good: by the watermark, or by its cleanup timer (after a restart the
+    # watermark starts over from nothing; the closed window stays closed).
+    if cleanup <= watermark_ms or (entry is not None and contents is None):
+        windows.put(start, (seen, contents))
+        lateness_s = allowed_lateness_ms // 1000
+        for _, _, fields_ in taken:
+            out.append((LETTER, letter_row(late_letter(Reading(*fields_), at, lateness_s))))
+        return out, ()
+    contents = (contents or []) + [f for _, _, f in taken]
+    windows.put(start, (seen, contents))
+    now = fires_now(start, watermark_ms)
+    if now:
+        for aggregate in window_aggregates(contents, start, (k for k, _, _ in taken)):
+            out.append((AGGREGATE, aggregate_row(aggregate)))
+    if entry is not None:
+        return out, ()
+    return out, (cleanup,) if now else (fire_time_ms(start), cleanup)
+
+
+def on_timer(windows: Windows, time_ms: int, allowed_lateness_ms: int) -> list[Output]:
+    """An event-time timer: a window's firing (its aggregates), a window's cleanup (its
+    readings dropped, its dedupe memory kept), or both at once (timers of one key are
+    unique per time, so one timer can fire one window and close an earlier one)."""
+    out: list[Output] = []
+    fired = start_fired_at(time_ms)
+    if fired is not None:
+        entry = windows.get(fired)
+        if entry is not None and entry[1]:
+            out.extend((AGGREGATE, aggregate_row(a)) for a in window_aggregates(entry[1], fired))
+    closed = start_fired_at(time_ms - allowed_lateness_ms)
+    if closed is not None:
+        entry = windows.get(closed)
+        if entry is not None and entry[1] is not None:
+            windows.put(closed, (entry[0], None))
+    return out

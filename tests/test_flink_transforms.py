@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -98,17 +99,6 @@ def test_values_are_conserved() -> None:
     outcomes = T.split_message(json.dumps(rec), AT)
     accounted = sum(1 if isinstance(o, R.Reading) else o.values for o in outcomes)
     assert accounted == R.value_count(rec) == 3
-
-
-def test_duplicates_within_horizon_and_bounded_memory() -> None:
-    seen: set[int] = set()
-    assert not T.is_duplicate(seen, 1000, horizon_s=600)
-    assert T.is_duplicate(seen, 1000, horizon_s=600)
-    assert not T.is_duplicate(seen, 1150, horizon_s=600)
-    for ts in range(2000, 2000 + 150 * 1000, 150):  # 1,000 more readings, 150 s apart
-        assert not T.is_duplicate(seen, ts, horizon_s=600)
-    assert len(seen) <= 600 // 150 + 1 + T.PRUNE_EVERY
-    assert T.is_duplicate(seen, 2000 + 150 * 999, horizon_s=600)
 
 
 def reading(ts: int, value: float, lat: float = 48.74) -> R.Reading:
@@ -215,43 +205,114 @@ def test_reading_json_round_trips_through_the_domain() -> None:
         R.Reading(7, "BME280", 1, 0.0, 1.0, "", "", 'a "q"\n', "humidity", 100.0, 5, 99),
     ):
         assert R.Reading.from_json(T.reading_json(r)) == r
-        text, fields = T.carried(r)
-        assert text == r.to_json().decode()
+        key, text, fields = T.carried(r)
+        assert key == r.key and text == r.to_json().decode()
         assert T.reading_of(fields) == r and T.timestamp_of(fields) == r.timestamp
+
+
+NO_WATERMARK = -(2**63)
+LATENESS_MS = 600_000
+
+
+def take(
+    windows: T.DictStore[int, T.Entry],
+    readings: list[R.Reading],
+    watermark: int = NO_WATERMARK,
+) -> tuple[list[tuple[int, Any]], tuple[int, ...]]:
+    key, record_, event_ms = T.carried_record(readings)
+    assert key == str(readings[0].sensor_id) and event_ms == readings[0].timestamp * 1000
+    return T.take_record(windows, record_, watermark, LATENESS_MS, AT)
+
+
+def kinds(out: list[tuple[int, Any]]) -> list[int]:
+    return [kind for kind, _ in out]
+
+
+def measure(r: R.Reading, name: str, value: float) -> R.Reading:
+    return dataclasses.replace(r, measure=name, value=value)
+
+
+def aggregates(out: list[tuple[int, Any]]) -> list[R.Aggregate]:
+    assert {kind for kind, _ in out} <= {T.AGGREGATE}
+    return [R.Aggregate.from_json(v) for _, (_, v) in out]
+
+
+def test_one_record_is_deduplicated_per_measure() -> None:
+    windows: T.DictStore[int, T.Entry] = T.DictStore()
+    start = 1_704_067_200
+    p1 = reading(start + 10, 12.0)
+    p2 = measure(p1, "P2", 5.0)
+    out, timers = take(windows, [p1])
+    assert kinds(out) == [T.READING] and out[0][1] == T.sink_row(p1)
+    assert timers == (T.fire_time_ms(start), T.cleanup_time_ms(start, LATENESS_MS))
+    # Same time again: P1 is a duplicate, P2 (not taken at that time yet) is new.
+    out, timers = take(windows, [p1, p2])
+    assert kinds(out) == [T.LETTER, T.READING] and timers == ()
+    letter = R.DeadLetter.from_json(out[0][1][1])
+    assert (letter.reason, letter.key, letter.values) == (R.DUPLICATE, "468:P1", 1)
+    assert out[1][1] == T.sink_row(p2)
+    # Both again: two letters, nothing delivered, the window unchanged.
+    out, _ = take(windows, [p1, p2])
+    assert kinds(out) == [T.LETTER, T.LETTER]
+    seen, contents = windows[start]
+    assert seen == {p1.timestamp: ("468:P1", "468:P2")} and contents is not None
+    assert len(contents) == 2
+    # The window closes: its readings go, its dedupe memory stays.
+    T.on_timer(windows, T.cleanup_time_ms(start, LATENESS_MS), LATENESS_MS)
+    assert windows[start] == (seen, None)
+    out, _ = take(windows, [p1])
+    assert kinds(out) == [T.LETTER]
 
 
 def test_windows_follow_flinks_event_time_rules() -> None:
     # Tumbling 10-minute windows, allowed lateness 600 s, as the job runs them.
-    lateness = 600_000
+    windows: T.DictStore[int, T.Entry] = T.DictStore()
     start = 1_704_067_200
     w0_fire = (start + 600) * 1000 - 1
-    windows: T.Windows = {}
+    w0_cleanup = w0_fire + LATENESS_MS
+    assert T.start_fired_at(w0_fire) == start and T.start_fired_at(w0_fire - 1) is None
 
-    def add(ts: int, value: float, watermark: int) -> tuple[int, bool] | None:
-        return T.add_to_window(windows, T.carried(reading(ts, value))[1], watermark, lateness)
-
-    no_watermark = -(2**63)
-    assert add(start + 300, 30.0, no_watermark) == (start, True)  # new: register timers
-    assert add(start + 10, 10.0, no_watermark) == (start, False)
-    assert add(start + 600, 5.0, no_watermark) == (start + 600, True)  # next window
+    assert take(windows, [reading(start + 300, 30.0)])[1] == (w0_fire, w0_cleanup)
+    assert take(windows, [reading(start + 10, 10.0)])[1] == ()
+    other = measure(reading(start + 20, 0.0), "P2", 7.0)
+    assert take(windows, [other])[1] == ()
+    # Window 1: its firing time is window 0's cleanup time.
+    assert take(windows, [reading(start + 600, 5.0)])[1] == (w0_cleanup, w0_cleanup + LATENESS_MS)
     assert not T.fires_now(start, w0_fire - 1) and T.fires_now(start, w0_fire)
-    assert T.cleanup_time_ms(start, lateness) == w0_fire + lateness
-    # The fire timer of window 0: its aggregate (time order: latest reading last).
-    (agg,) = T.on_timer(windows, w0_fire, lateness)
-    assert (agg.window_start, agg.count, agg.mean, agg.min, agg.max) == (start, 2, 20.0, 10, 30)
-    assert agg == T.window_aggregate(
+
+    # Window 0 fires: one aggregate per measure; P1's in time order (latest last).
+    fired = aggregates(T.on_timer(windows, w0_fire, LATENESS_MS))
+    assert [(a.key, a.count, a.mean, a.min, a.max) for a in fired] == [
+        ("468:P1", 2, 20.0, 10, 30),
+        ("468:P2", 1, 7.0, 7, 7),
+    ]
+    assert fired[0] == T.window_aggregate(
         [reading(start + 300, 30.0), reading(start + 10, 10.0)], start * 1000
     )
-    # Late but allowed: kept, and the window fires again at once with all three.
-    assert add(start + 20, 50.0, w0_fire + 1000) == (start, False)
-    assert T.fires_now(start, w0_fire + 1000)
-    assert T.aggregate_of(windows, start).count == 3
-    # One timer is window 0's cleanup and window 1's firing at once.
-    (agg1,) = T.on_timer(windows, w0_fire + lateness, lateness)
-    assert (agg1.window_start, agg1.count) == (start + 600, 1)
-    assert set(windows) == {start + 600}
-    # Window 0 is closed for good: a reading for it is late; window 1 takes one still.
-    assert add(start + 30, 1.0, w0_fire + lateness) is None
-    assert add(start + 601, 1.0, w0_fire + lateness) == (start + 600, False)
-    assert T.on_timer(windows, T.cleanup_time_ms(start + 600, lateness), lateness) == []
-    assert windows == {}
+    # Late but allowed: delivered, and P1's aggregate fires again at once with all three.
+    out, timers = take(windows, [reading(start + 40, 50.0)], w0_fire + 1000)
+    assert kinds(out) == [T.READING, T.AGGREGATE] and timers == ()
+    again = R.Aggregate.from_json(out[1][1][1])
+    assert (again.key, again.window_start, again.count) == ("468:P1", start, 3)
+    # One timer fires window 1 and closes window 0.
+    fired = aggregates(T.on_timer(windows, w0_cleanup, LATENESS_MS))
+    assert [a.window_start for a in fired] == [start + 600]
+    assert windows[start][1] is None and windows[start + 600][1] is not None
+    # Window 0 is closed for good: a reading for it is delivered but late for the
+    # aggregate (values=0); window 1 still takes one and fires again at once.
+    out, _ = take(windows, [reading(start + 30, 1.0)], w0_cleanup)
+    assert kinds(out) == [T.READING, T.LETTER]
+    late = R.DeadLetter.from_json(out[1][1][1])
+    assert (late.reason, late.values) == (R.LATE, 0)
+    out, _ = take(windows, [reading(start + 601, 1.0)], w0_cleanup)
+    assert kinds(out) == [T.READING, T.AGGREGATE]
+    # A closed window stays closed even if the watermark starts over (a restart).
+    out, timers = take(windows, [reading(start + 50, 2.0)])
+    assert kinds(out) == [T.READING, T.LETTER] and timers == ()
+    # A first reading for a window already due fires it at once; only the cleanup waits.
+    out, timers = take(windows, [reading(start + 1200, 3.0)], w0_cleanup + LATENESS_MS)
+    assert kinds(out) == [T.READING, T.AGGREGATE]
+    assert timers == (T.cleanup_time_ms(start + 1200, LATENESS_MS),)
+    # Without allowed lateness a window fires and closes on one timer.
+    assert aggregates(T.on_timer(windows, T.fire_time_ms(start + 1200), 0))
+    assert windows[start + 1200][1] is None
