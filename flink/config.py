@@ -12,6 +12,7 @@ next start finds the newest complete one and carries on from its offsets and sta
 from __future__ import annotations
 
 import json
+import os
 import sys
 import sysconfig
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 from aircast.settings import KafkaSettings, Settings
 
 JOB_NAME = "aircast-flink"
+# Where the job's packages (flink, aircast) are: the embedded interpreter imports them.
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Kafka's default broker cap (transaction.max.timeout.ms) is 15 minutes; Flink's
 # producer default (1 hour) would be refused by a real cluster under exactly-once.
 TRANSACTION_TIMEOUT_MS = 900_000
@@ -65,8 +68,10 @@ def flink_configuration(settings: Settings, resume_from: Path | None) -> dict[st
         "python.client.executable": sys.executable,
         "python.execution-mode": f.execution_mode,
         # In thread mode the JVM embeds the base interpreter, which does not see the
-        # virtualenv's packages (pemja, pyflink, aircast) unless told where they are.
-        "python.pythonpath": sysconfig.get_paths()["purelib"],
+        # virtualenv's packages (pemja, pyflink) unless told where they are, nor the
+        # job's own (flink, aircast): files shipped with add_python_file reach only
+        # process-mode workers, so thread mode found them only when started from here.
+        "python.pythonpath": os.pathsep.join([str(PROJECT_DIR), sysconfig.get_paths()["purelib"]]),
     }
     if resume_from is not None:
         conf["execution.state-recovery.path"] = resume_from.resolve().as_uri()

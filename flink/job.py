@@ -169,9 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     log.setLevel(settings.log_level)
     log.propagate = False
+    f = settings.flink
+    f = f.model_copy(
+        update={"checkpoint_dir": f.checkpoint_dir.resolve(), "log_dir": f.log_dir.resolve()}
+    )
+    settings = settings.model_copy(update={"flink": f})
     # The JVM's log files go to the configured folder, not into the installed package.
-    settings.flink.log_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["FLINK_LOG_DIR"] = str(settings.flink.log_dir.resolve())
+    f.log_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["FLINK_LOG_DIR"] = str(f.log_dir)
+    # The JVM, and in thread mode the Python functions inside it, run in the log folder:
+    # the embedded interpreter imports from its working directory first, and the stack
+    # starts this job in its state directory, whose "flink" folder (checkpoints, logs)
+    # then shadowed this package ("No module named 'flink.functions'", a restart loop).
+    os.chdir(f.log_dir)
     return run(settings)
 
 

@@ -142,11 +142,19 @@ def _service_pid(settings: Settings, name: str) -> int:
 
 
 def _flink_task_pid(settings: Settings) -> int:
+    """The process running the job's Python functions: PyFlink's worker in process
+    mode; in thread mode the mini-cluster's JVM itself (the whole job goes with it)."""
     job = psutil.Process(_service_pid(settings, "flink"))
-    for child in job.children(recursive=True):
-        if "pyflink.fn_execution.beam.beam_boot" in " ".join(child.cmdline()):
+    children = job.children(recursive=True)
+    wanted = (
+        "pyflink.fn_execution.beam.beam_boot"
+        if settings.flink.execution_mode == "process"
+        else "org.apache.flink"
+    )
+    for child in children:
+        if wanted in " ".join(child.cmdline()):
             return child.pid
-    raise AssertionError("no PyFlink Python task process under the Flink job")
+    raise AssertionError(f"no {wanted} process under the Flink job: {children}")
 
 
 def _wait_healthy(settings: Settings, timeout_s: float = 120) -> None:
