@@ -75,6 +75,10 @@ def flink_configuration(settings: Settings, resume_from: Path | None) -> dict[st
     }
     if resume_from is not None:
         conf["execution.state-recovery.path"] = resume_from.resolve().as_uri()
+        # A checkpoint of an earlier topology (other operator uids, e.g. before the
+        # dedupe and windows were keyed by sensor) restores what still maps (the source
+        # offsets) instead of failing every start; the old operators' state is dropped.
+        conf["execution.state-recovery.ignore-unclaimed-state"] = "true"
     conf.update(f.options)
     return conf
 

@@ -16,6 +16,7 @@ from flink import transforms as T
 from flink.config import flink_configuration, kafka_properties, latest_checkpoint, sink_ddl
 
 AT = 1_800_000_000
+REPO_DIR = Path(__file__).resolve().parent.parent
 
 
 def record(**changes: Any) -> dict[str, Any]:
@@ -156,6 +157,10 @@ def test_flink_configuration_from_settings(tmp_path: Path) -> None:
     resumed = flink_configuration(eo, tmp_path / "j" / "chk-4")
     assert resumed["execution.checkpointing.mode"] == "EXACTLY_ONCE"
     assert resumed["execution.state-recovery.path"].endswith("/j/chk-4")
+    # An earlier topology's checkpoint still gives its offsets; its old state is dropped.
+    assert resumed["execution.state-recovery.ignore-unclaimed-state"] == "true"
+    # Thread mode's embedded interpreter imports the job's packages from the project.
+    assert conf["python.pythonpath"].split(os.pathsep)[0] == str(REPO_DIR)
 
 
 def test_sink_ddl_is_keyed_and_transactional_only_under_exactly_once() -> None:
