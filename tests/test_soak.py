@@ -9,7 +9,8 @@ Checked, and written to ``<state>/soak.json`` (and printed) for the README:
 
 * memory: every stack and Ray process's RSS is sampled every 30 s; after a warm-up
   (the first fifth of the run), no process grows by more than ``RSS_BOUND`` (25 % +
-  64 MiB) from its warm-up level to its last quarter's median;
+  64 MiB) from its warm-up level to its last quarter's median; except the local
+  in-memory broker, which holds every message by design (its growth is reported);
 * lag: after every snapshot the collectors' lag returns to zero before the next one
   comes (each refresh window), i.e. the pipeline keeps up;
 * conservation: ``aircast audit`` over the whole run shows nothing lost or doubled.
@@ -41,6 +42,7 @@ pytestmark = [pytest.mark.soak, pytest.mark.flink, pytest.mark.timeout(SECONDS +
 READING_INTERVAL_S = 145  # the simulator's sensors report this often (as SDS011s do)
 REFRESH_S = 30
 SAMPLE_S = 30
+IN_MEMORY_BROKER = "tansu"
 
 
 def rss_bound(base: float) -> float:
@@ -115,7 +117,11 @@ def test_soak(tmp_path: Path) -> None:
         tail = [rss for t, rss in series if t >= seconds * 0.75]
         if base and tail:
             growth[name] = (int(statistics.median(base)), int(statistics.median(tail)))
-    grew = {n: g for n, g in growth.items() if g[1] > rss_bound(g[0])}
+    # The local broker (tansu) keeps every message in memory, so it grows with the data
+    # by design (the cluster's Kafka keeps them on disk, with retention): reported, not
+    # held to the bound.
+    broker = {n: g for n, g in growth.items() if n.startswith(IN_MEMORY_BROKER)}
+    grew = {n: g for n, g in growth.items() if n not in broker and g[1] > rss_bound(g[0])}
     # Lag is sampled every SAMPLE_S; within every refresh window (plus a sample) it must
     # have touched zero at least once after warm-up.
     after = [(t, lag) for t, lag in lags if t > warm]
@@ -134,6 +140,9 @@ def test_soak(tmp_path: Path) -> None:
         "lag_samples": len(after),
         "rss_mib": {n: [round(b / 2**20), round(e / 2**20)] for n, (b, e) in growth.items()},
         "grew_beyond_bound": sorted(grew),
+        "in_memory_broker_mib": {
+            n: [round(b / 2**20), round(e / 2**20)] for n, (b, e) in broker.items()
+        },
     }
     (state.parent / "soak.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
