@@ -70,6 +70,17 @@ def test_simulator_is_deterministic_and_speaks_http() -> None:
     net = Network(50, seed=7)
     assert net.snapshot(WINDOW_1) == Network(50, seed=7).snapshot(WINDOW_1)
     assert net.snapshot(WINDOW_1) != net.snapshot(WINDOW_2)
+    # The served body is the snapshot; the next, overlapping window reuses the records
+    # both windows hold and builds only the new ones.
+    faulty = Network(200, seed=7, faults=Faults(duplicate=0.05))
+    body, pieces = faulty.snapshot_body(WINDOW_1, {})
+    assert json.loads(body) == json.loads(json.dumps(faulty.snapshot(WINDOW_1)))
+    later = WINDOW_1 + 60
+    body2, pieces2 = faulty.snapshot_body(later, pieces)
+    assert json.loads(body2) == json.loads(json.dumps(faulty.snapshot(later)))
+    shared = pieces.keys() & pieces2.keys()
+    assert len(shared) > len(pieces2) / 2 and all(pieces2[k] is pieces[k] for k in shared)
+    assert all(t >= later - 300 for _, t in pieces2)  # what left the window is dropped
     with SimulatorServer(net, clock=lambda: WINDOW_1) as server:
         source = HttpSource(server.url, name="simulator", retries=0)
         snap = source.fetch()

@@ -40,7 +40,7 @@ RATE = float(os.environ.get("AIRCAST_SOAK_RECORDS_PER_S", "1400"))
 pytestmark = [pytest.mark.soak, pytest.mark.flink, pytest.mark.timeout(SECONDS + 1800)]
 
 READING_INTERVAL_S = 145  # the simulator's sensors report this often (as SDS011s do)
-REFRESH_S = 30
+REFRESH_S = 60  # the live API (and the simulator by default) publish a new file a minute
 SAMPLE_S = 30
 IN_MEMORY_BROKER = "tansu"
 
