@@ -117,14 +117,6 @@ def carried_record(readings: list[Reading]) -> tuple[str, CarriedRecord, int]:
     return str(first.sensor_id), tuple(carried(r) for r in readings), event_time_ms(first)
 
 
-def reading_of(fields_: Fields) -> Reading:
-    return Reading(*fields_)
-
-
-def timestamp_of(fields_: Fields) -> int:
-    return int(_timestamp_of(fields_))
-
-
 def sink_row(reading: Reading) -> tuple[str, str]:
     """(Kafka key, value) of a reading on the readings topic."""
     return reading.key, reading_json(reading)
