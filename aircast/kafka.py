@@ -98,6 +98,9 @@ def fast_consumer(
     return confluent_kafka.Consumer(options)
 
 
+STALL_S = 30.0
+
+
 def scan(
     settings: KafkaSettings,
     topic: str,
@@ -107,8 +110,11 @@ def scan(
     quiet_s: float = 1.5,
 ) -> Iterator[confluent_kafka.Message]:
     """Every message of ``topic`` stamped in [since_ms, until_ms], read without a group
-    commit (audits and tools). Ends when nothing new came for ``quiet_s``: end offsets are
-    not trusted (tansu's can trail the last batch)."""
+    commit (audits and tools). Ends when nothing new came for ``quiet_s`` once every
+    partition was read up to its end offset at the start: that end is a floor, not the
+    end (tansu's can trail the last batch), and a first fetch slower than ``quiet_s`` (a
+    busy or fresh broker) must not end the scan early. Gives up waiting for a floor
+    after ``STALL_S`` without a message."""
     consumer = fast_consumer(settings, f"{settings.client_id}-scan-{uuid.uuid4().hex[:8]}")
     try:
         metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
@@ -120,12 +126,23 @@ def scan(
         starts = [tp for tp in starts if tp.offset >= 0]
         if not starts:
             return
+        floors: dict[int, int] = {
+            tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in starts
+        }
+        behind = {tp.partition for tp in starts if floors[tp.partition] > tp.offset}
         consumer.assign(starts)
         last_new = time.monotonic()
         while True:
             messages = consumer.consume(num_messages=5000, timeout=0.3)
+            if behind:
+                # Positions, not message offsets: they also pass transaction markers.
+                now_at = consumer.position(
+                    [confluent_kafka.TopicPartition(topic, p) for p in behind]
+                )
+                behind -= {tp.partition for tp in now_at if tp.offset >= floors[tp.partition]}
             if not messages:
-                if time.monotonic() - last_new >= quiet_s:
+                waited = time.monotonic() - last_new
+                if waited >= (STALL_S if behind else quiet_s):
                     return
                 continue
             last_new = time.monotonic()
