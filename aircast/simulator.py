@@ -252,7 +252,7 @@ class Network:
             else (f"{sensor.latitude:.4f}", f"{sensor.longitude:.4f}")
         )
         return {
-            "id": sensor.sensor_id * 1_000_000 + t % 1_000_000,
+            "id": _record_id(sensor, t),
             "sampling_rate": None,
             "timestamp": format_timestamp(t),
             "location": {
@@ -313,8 +313,12 @@ class Network:
         for sensor in self.sensors:
             for t in self.reading_times(sensor, start, window_end):
                 # Derived from the record's id: no second generator per record.
-                record_id = sensor.sensor_id * 1_000_000 + t % 1_000_000
-                yield sensor, t, (record_id * 2654435761 + self.seed) % 10_000 < duplicates
+                twice = (_record_id(sensor, t) * 2654435761 + self.seed) % 10_000 < duplicates
+                yield sensor, t, twice
+
+
+def _record_id(sensor: SimSensor, t: int) -> int:
+    return sensor.sensor_id * 1_000_000 + t % 1_000_000
 
 
 def current_window_end(now: float | None = None, refresh_s: int = SNAPSHOT_WINDOW_S) -> int:

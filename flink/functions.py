@@ -105,15 +105,12 @@ class SensorReadings(KeyedProcessFunction):  # type: ignore[misc]
         )
         for timer in register:
             timers.register_event_time_timer(timer)
-        for kind, (k, v) in out:
-            if kind == T.READING:
-                yield Row(k=k, v=v)
-            else:
-                yield _TAGS[kind], Row(k=k, v=v)
+        for kind, row in out:
+            yield kv(row) if kind == T.READING else (_TAGS[kind], kv(row))
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        for _, (k, v) in T.on_timer(self._windows, timestamp, self._lateness_ms):
-            yield AGGREGATES, Row(k=k, v=v)
+        for _, row in T.on_timer(self._windows, timestamp, self._lateness_ms):
+            yield AGGREGATES, kv(row)
 
 
 _TAGS = {T.LETTER: DEAD_LETTERS, T.AGGREGATE: AGGREGATES}

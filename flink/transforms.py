@@ -9,7 +9,7 @@ Shapes (see :mod:`aircast.records` for the records themselves):
 * readings → :func:`sink_row` ``(key "<sensor_id>:<measure>", Reading JSON)``;
 * a repeated (sensor, measure, timestamp) → :func:`duplicate_letter`;
 * a reading behind the watermark beyond the allowed lateness → :func:`late_letter`;
-* a window's readings → :func:`window_aggregate` → :class:`~aircast.records.Aggregate`;
+* a window's readings → :func:`window_aggregates` → :class:`~aircast.records.Aggregate`;
 * between the job's two Python stages a record's valid readings travel together as
   :func:`carried_record` — per reading its key, JSON text and a tuple of its fields
   (pickling a tuple is ~10x cheaper than a dataclass);
@@ -178,12 +178,6 @@ def late_letter(reading: Reading, at: int, allowed_lateness_s: int) -> DeadLette
         at,
         None,
     )
-
-
-def window_aggregate(readings: Iterable[Reading], window_start_ms: int) -> Aggregate:
-    """The aggregate of one key's readings in one window (Flink's window start in ms)."""
-    ordered = sorted(readings, key=lambda r: r.timestamp)  # the latest carries the location
-    return Aggregate.of(ordered, window_start_ms // 1000)
 
 
 # -- one sensor's dedupe memory and event-time windows ------------------------------

@@ -123,8 +123,12 @@ def test_letters_for_duplicates_and_late_readings() -> None:
 
 def test_window_aggregate_uses_window_start_and_latest_location() -> None:
     start = 1_704_067_200
-    agg = T.window_aggregate(
-        [reading(start + 300, 30.0, lat=48.9), reading(start + 10, 10.0)], start * 1000
+    (agg,) = T.window_aggregates(
+        [
+            T.carried(r)[2]
+            for r in (reading(start + 300, 30.0, lat=48.9), reading(start + 10, 10.0))
+        ],
+        start,
     )
     assert (agg.window_start, agg.window_end, agg.count) == (start, start + 600, 2)
     assert (agg.mean, agg.min, agg.max, agg.latitude) == (20.0, 10.0, 30.0, 48.9)
@@ -291,8 +295,8 @@ def test_windows_follow_flinks_event_time_rules() -> None:
         ("468:P1", 2, 20.0, 10, 30),
         ("468:P2", 1, 7.0, 7, 7),
     ]
-    assert fired[0] == T.window_aggregate(
-        [reading(start + 300, 30.0), reading(start + 10, 10.0)], start * 1000
+    assert fired[0] == R.Aggregate.of(
+        [reading(start + 10, 10.0), reading(start + 300, 30.0)], start
     )
     # Late but allowed: delivered, and P1's aggregate fires again at once with all three.
     out, timers = take(windows, [reading(start + 40, 50.0)], w0_fire + 1000)
