@@ -21,6 +21,8 @@ What is counted, per stage, for the raw-topic records stamped in [since, until]:
 
 Dead letters are at-least-once: a letter replayed after a crash is recognised (same
 stage, reason, key, detail, payload and source) and counted once; replays are reported.
+A raw message repeated byte for byte (a producer's retry) has its rejected values
+lettered again identically, so they are expected once; its readings are duplicates.
 """
 
 from __future__ import annotations
@@ -156,11 +158,16 @@ def read_raw(settings: Settings, audit: Audit) -> None:
     ):
         audit.raw_records += 1
         distinct.add(_record_identity(m.value()))
-        audit.payloads.add(hash((m.value() or b"").decode("utf-8", errors="replace")))
+        payload = hash((m.value() or b"").decode("utf-8", errors="replace"))
+        # The same message again (a producer's retry) gets its rejected values lettered
+        # again with identical letters, which count once (as replays): so do they here.
+        repeat = payload in audit.payloads
+        audit.payloads.add(payload)
         for outcome in outcomes_of_message(m.value()):
             if isinstance(outcome, Rejection):
-                audit.values_in += outcome.values
-                audit.rejected_expected[outcome.reason] += outcome.values
+                if not repeat:
+                    audit.values_in += outcome.values
+                    audit.rejected_expected[outcome.reason] += outcome.values
             else:
                 audit.values_in += 1
                 rid = reading_id(outcome)

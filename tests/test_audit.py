@@ -76,7 +76,14 @@ def raw_messages() -> list[bytes]:
     now = int(time.time())
     records = net.snapshot(now - now % 300)
     messages = [json.dumps(r).encode() for r in records]
-    messages.append(messages[0])  # the same record twice: its readings are duplicates
+    # The same record twice, one with a rejected value too: its readings are duplicates,
+    # its rejected value is lettered again with an identical letter (counted once).
+    twice = next(
+        m
+        for m in messages
+        if {type(o) for o in outcomes_of_message(m)} == {Reading, Rejection}
+    )
+    messages.append(twice)
     messages.append(b"{not json")
     return messages
 
@@ -101,6 +108,7 @@ def test_a_balanced_span_is_conserved(played: tuple[Settings, float, list[Readin
     assert s["values_in"] == len(readings) + rejected
     assert audit.rejected_expected[MALFORMED] == 1
     assert audit.rejected_expected[DUPLICATE] > 0
+    assert audit.letter_replays > 0  # the repeated record's rejected value, lettered twice
     assert audit.lettered["flink"] == audit.rejected_expected
 
 
