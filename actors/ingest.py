@@ -64,6 +64,8 @@ class Scraper:
         counts = self.ingestor.process(records, source)
         if counts.produced:
             self.records.inc(counts.produced, {"outcome": "produced"})
+        if counts.resighted:
+            self.records.inc(counts.resighted, {"outcome": "resighted"})
         for reason, n in counts.rejected.items():
             self.records.inc(n, {"outcome": "duplicate" if reason == "duplicate" else "rejected"})
             self.dead.inc(n, {"stage": "ingest", "reason": reason})
@@ -205,11 +207,12 @@ class Coordinator:
 
     def _log_snapshot(self, source: str, counts: IngestCounts, seconds: float) -> None:
         log.info(
-            "snapshot ingested source=%s records=%d produced=%d values=%d "
+            "snapshot ingested source=%s records=%d produced=%d resighted=%d values=%d "
             "rejected=%s cache_hits=%d cache_misses=%d seconds=%.2f",
             source,
             counts.records,
             counts.produced,
+            counts.resighted,
             counts.values_produced,
             dict(counts.rejected),
             counts.cache_hits,

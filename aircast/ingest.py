@@ -5,9 +5,15 @@ For every feed record of the shard exactly one thing happens:
 
 * its envelope is unusable → a dead letter with the reason (malformed, missing_field,
   bad_timestamp, bad_coordinates, zero_coordinates) and the record as received;
-* the same sensor and timestamp was already produced (in this snapshot, or in an
-  earlier one: Redis keeps ``<prefix>seen:<sensor>:<timestamp>`` for
-  ``ingest.dedupe_ttl_s``) → a dead letter ``duplicate``;
+* the same sensor and timestamp twice in this snapshot → a dead letter ``duplicate`` for
+  the second (a defect of the feed);
+* the same sensor and timestamp already produced from an earlier snapshot, with the same
+  values → counted as ``resighted``, not a letter: the live API's file covers the last
+  5 minutes and is fetched every minute, so each record is *expected* in several
+  successive files (at network scale ~90 % of every file). Redis keeps
+  ``<prefix>seen:<sensor>:<timestamp>`` → a fingerprint of the values for
+  ``ingest.dedupe_ttl_s``; a re-sighting whose values differ from what was produced is
+  a dead letter ``duplicate`` with both fingerprints (the first version stands);
 * otherwise it is produced to the raw topic, keyed by sensor id, as received plus
   ``"place"`` (city, region, country, country_code) from the cached geocoder.
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +57,7 @@ class IngestCounts:
     rejected_values: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
+    resighted: int = 0  # already produced from an earlier snapshot, same values
 
     def merge(self, other: IngestCounts) -> None:
         self.records += other.records
@@ -59,6 +67,12 @@ class IngestCounts:
         self.rejected_values += other.rejected_values
         self.cache_hits += other.cache_hits
         self.cache_misses += other.cache_misses
+        self.resighted += other.resighted
+
+    @property
+    def accounted(self) -> int:
+        """Records with an outcome: every record of a snapshot has exactly one."""
+        return self.produced + self.resighted + sum(self.rejected.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +83,7 @@ class IngestCounts:
             "rejected_values": self.rejected_values,
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
+            "resighted": self.resighted,
         }
 
     @classmethod
@@ -81,7 +96,18 @@ class IngestCounts:
             d["rejected_values"],
             d["cache_hits"],
             d["cache_misses"],
+            d.get("resighted", 0),
         )
+
+
+# Earlier versions marked a record seen with "1" (no fingerprint): taken as the same.
+LEGACY_SEEN = "1"
+
+
+def fingerprint(record: FeedRecord) -> str:
+    """A short stable digest of a record's values as sent (8 hex digits, never "1")."""
+    text = "\x1f".join(f"{t}={v}" for t, v in record.values)
+    return f"{zlib.crc32(text.encode()):08x}"
 
 
 class Ingestor:
@@ -139,18 +165,21 @@ class Ingestor:
         if valid:
             seen = self.redis.mget([self._seen_key(record) for record, _ in valid])
             fresh: list[tuple[FeedRecord, Any]] = []
-            for (record, raw), was_seen in zip(valid, seen, strict=True):
-                if was_seen:
+            for (record, raw), before in zip(valid, seen, strict=True):
+                if before is None:
+                    fresh.append((record, raw))
+                elif before in (fingerprint(record), LEGACY_SEEN):
+                    counts.resighted += 1
+                else:
                     self._reject(
                         counts,
                         DUPLICATE,
-                        f"sensor {record.dedupe_key} already taken in",
+                        f"sensor {record.dedupe_key} already taken in with other values "
+                        f"(fingerprint {before}, now {fingerprint(record)})",
                         raw,
                         source,
                         record,
                     )
-                else:
-                    fresh.append((record, raw))
             self._produce(fresh, counts)
         self.producer.flush()  # dead letters included: acknowledged before we return
         return counts
@@ -176,7 +205,7 @@ class Ingestor:
             future.get(timeout=0)  # raises if the broker refused: nothing is marked seen
         set_many(
             self.redis,
-            {self._seen_key(r): "1" for r, _ in fresh},
+            {self._seen_key(r): fingerprint(r) for r, _ in fresh},
             self.settings.ingest.dedupe_ttl_s,
         )
         counts.produced += len(fresh)

@@ -22,7 +22,8 @@ class Metric:
 INGEST_RECORDS = Metric(
     "aircast_ingest_records_total",
     "counter",
-    "Feed records taken in by the scrapers, by outcome (produced, duplicate, rejected).",
+    "Feed records taken in by the scrapers, by outcome (produced, resighted: already "
+    "produced from an earlier snapshot; duplicate, rejected: dead-lettered).",
     ("outcome",),
 )
 INGEST_SNAPSHOTS = Metric(

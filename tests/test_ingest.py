@@ -114,15 +114,16 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
         assert counts1.rejected == rejected1
         assert counts1.cache_misses > 0
 
-        # The same window again (a repeat of the live API): nothing new is produced.
+        # The same window again (a repeat of the live API): nothing new is produced, the
+        # records already taken are counted as re-sighted, not dead-lettered; what was
+        # wrong with the file (bad envelopes, in-file repeats) is lettered again.
         again = HttpSource(server.url, name="simulator").fetch()
         assert again is not None
         counts_again = coordinator.ingest(again)
         assert counts_again.produced == 0
-        assert (
-            counts_again.rejected[R.DUPLICATE]
-            == len(snap1) - sum(rejected1.values()) + rejected1[R.DUPLICATE]
-        )
+        assert counts_again.resighted == len(keep1)
+        assert counts_again.rejected == rejected1
+        assert counts_again.accounted == counts_again.records == len(snap1)
 
         # The next window: new readings, every place from the Redis cache.
         window[0] = WINDOW_2
@@ -130,7 +131,9 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
         assert second is not None
         counts2 = coordinator.ingest(second)
         keep2, _ = expected(net.snapshot(WINDOW_2))
-        assert counts2.produced == len(keep2)
+        assert counts2.resighted == len(keep1 & keep2)  # the windows overlap
+        keep2 -= keep1
+        assert counts2.produced == len(keep2) > 0
         assert counts2.cache_misses == 0 and counts2.cache_hits > 0
 
     raw = read_topic(settings.kafka, settings.kafka.raw_topic, expect=len(keep1) + len(keep2))
@@ -215,6 +218,31 @@ def test_bad_records_are_dead_lettered_with_reason(stack_settings: Settings) -> 
     assert malformed.payload == '"not a record"' and malformed.source == "test"
     dup = next(lt for lt in letters if lt.reason == R.DUPLICATE)
     assert dup.values == 2 and dup.key == str(good[0]["sensor"]["id"])
+
+
+def test_a_record_seen_again_is_counted_unless_its_values_changed(
+    stack_settings: Settings,
+) -> None:
+    settings = fresh(stack_settings)
+    good = json.loads(Path(settings.data.feed_sample).read_text())[:3]
+    changed = json.loads(json.dumps(good[1]))
+    changed["sensordatavalues"][0]["value"] = "999.5"  # same sensor and time, other value
+    ingestor = Ingestor(settings)
+    first = ingestor.process(good, "test")
+    again = ingestor.process([good[0], changed, good[2]], "test")
+    ingestor.close()
+    assert (first.produced, first.resighted, sum(first.rejected.values())) == (3, 0, 0)
+    assert (again.produced, again.resighted, dict(again.rejected)) == (0, 2, {R.DUPLICATE: 1})
+    raw = read_topic(settings.kafka, settings.kafka.raw_topic, expect=3)
+    produced = {json.loads(v)["sensor"]["id"]: json.loads(v)["sensordatavalues"] for _, v in raw}
+    assert produced == {g["sensor"]["id"]: g["sensordatavalues"] for g in good}  # first stands
+    (letter,) = [
+        DeadLetter.from_json(v)
+        for _, v in read_topic(settings.kafka, settings.kafka.dead_letter_topic, expect=1)
+    ]
+    assert letter.reason == R.DUPLICATE and "other values" in letter.detail
+    assert json.loads(letter.payload)["sensordatavalues"][0]["value"] == "999.5"
+    assert letter.key == str(good[1]["sensor"]["id"])
 
 
 def archive_rows(day_dir: Path) -> int:
