@@ -189,8 +189,16 @@ class FlinkSettings(BaseModel):
     allowed_lateness_s: int = Field(default=600, ge=0)
     restart_attempts: int = Field(default=10, ge=0)
     restart_delay_ms: int = Field(default=2_000, ge=0)
-    # A (sensor, measure, timestamp) seen again within this long is a duplicate.
-    dedupe_ttl_s: int = Field(default=2 * 86400, ge=60)
+    # A (sensor, measure, timestamp) seen again within this long is a duplicate. The
+    # ingest's Redis memory (ingest.dedupe_ttl_s, 2 days) keeps repeats of the feed out;
+    # the job's catches what gets past it: a scraper retried after producing but before
+    # marking seen, a Redis restart that lost its keys (the live file covers 5 minutes).
+    # Two hours is ample for those and bounds the job's state: it is held per sensor
+    # and 10-minute window (at 10x the network, ~1 GB for 2 h; 2 days would be ~20 GB).
+    dedupe_ttl_s: int = Field(default=2 * 3600, ge=60)
+    # Heap of the local mini-cluster's JVM (thread mode: the Python functions run in it
+    # too). Unset, the JVM takes a quarter of the machine's memory and keeps it.
+    local_heap_mb: int = Field(default=3072, ge=256)
     # The mini-cluster's own log files (JVM, Python workers).
     log_dir: Path = Path(".aircast/flink/log")
     # Python functions inside the JVM's threads ("thread", PyFlink's embedded

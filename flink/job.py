@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     # The JVM's log files go to the configured folder, not into the installed package.
     f.log_dir.mkdir(parents=True, exist_ok=True)
     os.environ["FLINK_LOG_DIR"] = str(f.log_dir)
+    # PyFlink starts the local JVM with JVM_ARGS first on its command line.
+    os.environ["JVM_ARGS"] = f"{os.environ.get('JVM_ARGS', '')} -Xmx{f.local_heap_mb}m".strip()
     # The JVM, and in thread mode the Python functions inside it, run in the log folder:
     # the embedded interpreter imports from its working directory first, and the stack
     # starts this job in its state directory, whose "flink" folder (checkpoints, logs)

@@ -79,9 +79,7 @@ def raw_messages() -> list[bytes]:
     # The same record twice, one with a rejected value too: its readings are duplicates,
     # its rejected value is lettered again with an identical letter (counted once).
     twice = next(
-        m
-        for m in messages
-        if {type(o) for o in outcomes_of_message(m)} == {Reading, Rejection}
+        m for m in messages if {type(o) for o in outcomes_of_message(m)} == {Reading, Rejection}
     )
     messages.append(twice)
     messages.append(b"{not json")
