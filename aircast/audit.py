@@ -53,7 +53,8 @@ from aircast.settings import Settings
 
 ReadingId = tuple[str, int, int]  # (measure, sensor id, timestamp): one reading
 SHOWN = 20  # differences listed in full up to this many
-SLICE_S = 3600  # InfluxDB is read an hour of readings at a time
+SLICE_S = 3600  # InfluxDB is read at most an hour of readings at a time,
+SLICE_POINTS = 50_000  # and about this many points per query (bounded responses)
 
 
 def reading_id(reading: Reading) -> ReadingId:
@@ -148,8 +149,12 @@ def _record_identity(value: bytes | None) -> tuple[object, object] | bytes | Non
         return value  # not a record: its bytes are its identity
 
 
+# Sets of hashes, not of the messages or tuples themselves: an hour at 10x the network
+# is ~5 million records and ~11 million readings, and the audit must fit beside the stack.
+
+
 def read_raw(settings: Settings, audit: Audit) -> None:
-    distinct: set[object] = set()
+    distinct: set[int] = set()
     for m in scan(
         settings.kafka,
         settings.kafka.raw_topic,
@@ -157,7 +162,7 @@ def read_raw(settings: Settings, audit: Audit) -> None:
         until_ms=int(audit.until * 1000),
     ):
         audit.raw_records += 1
-        distinct.add(_record_identity(m.value()))
+        distinct.add(hash(_record_identity(m.value())))
         payload = hash((m.value() or b"").decode("utf-8", errors="replace"))
         # The same message again (a producer's retry) gets its rejected values lettered
         # again with identical letters, which count once (as replays): so do they here.
@@ -178,20 +183,15 @@ def read_raw(settings: Settings, audit: Audit) -> None:
 
 
 def read_dead_letters(settings: Settings, audit: Audit) -> None:
-    seen: set[tuple[Any, ...]] = set()
+    seen: set[int] = set()
     for m in scan(settings.kafka, settings.kafka.dead_letter_topic, int(audit.since * 1000)):
         try:
             letter = DeadLetter.from_json(m.value() or b"")
         except (ValueError, TypeError):
             audit.unreadable_letters += 1
             continue
-        identity = (
-            letter.stage,
-            letter.reason,
-            letter.key,
-            letter.detail,
-            letter.payload,
-            letter.source,
+        identity = hash(
+            (letter.stage, letter.reason, letter.key, letter.detail, letter.payload, letter.source)
         )
         if identity in seen:
             audit.letter_replays += 1
@@ -226,48 +226,61 @@ def _belongs(audit: Audit, letter: DeadLetter) -> bool:
 
 
 def read_readings_topic(settings: Settings, audit: Audit) -> None:
-    distinct: set[ReadingId] = set()
+    distinct: set[int] = set()  # hashes of the span's readings seen on the topic
     for m in scan(settings.kafka, settings.kafka.readings_topic, int(audit.since * 1000)):
         audit.readings_topic_messages += 1
         try:
-            distinct.add(reading_id(Reading.from_json(m.value() or b"")))
+            rid = reading_id(Reading.from_json(m.value() or b""))
         except InvalidRecord:
             continue
-    audit.readings_topic_distinct = len(distinct & audit.occurrences.keys())
+        if rid in audit.occurrences:
+            distinct.add(hash(rid))
+    audit.readings_topic_distinct = len(distinct)
 
 
 def read_influx(settings: Settings, audit: Audit) -> None:
     """The expected readings' points in the raw database, per measure over their span."""
     if not audit.occurrences:
         return
-    by_measure: dict[str, list[int]] = defaultdict(list)
-    for measure, _, ts in audit.occurrences:
-        by_measure[measure].append(ts)
+    # The expected readings themselves (the Counter's own key objects) per measure: the
+    # points found are matched against them, so ``in_influx`` holds references only.
+    by_measure: dict[str, list[ReadingId]] = defaultdict(list)
+    for rid in audit.occurrences:
+        by_measure[rid[0]].append(rid)
     with InfluxV1(settings.influx) as influx:
-        for measure, stamps in sorted(by_measure.items()):
-            series: dict[tuple[int, int], set[tuple[Any, Any]]] = defaultdict(set)
+        for measure, rids in sorted(by_measure.items()):
+            # (sensor, time) → its tags; a second, different tag set is a second series.
+            series: dict[tuple[int, int], tuple[Any, Any]] = {}
+            twice: dict[tuple[int, int], set[tuple[Any, Any]]] = {}
+            stamps = [ts for _, _, ts in rids]
             for row in _points(influx, settings.influx.raw_database, measure, stamps):
                 if row.get("sensor_id") in (None, ""):
                     continue
                 point = (int(row["sensor_id"]), int(row["time"]))
-                series[point].add((row.get("location_id"), row.get("city")))
-            for (sensor, ts), tags in series.items():
-                rid = (measure, sensor, ts)
-                if rid not in audit.occurrences:
-                    continue
-                audit.in_influx.add(rid)
-                if len(tags) > 1:
-                    audit.doubled[rid] = len(tags)
+                tags = (row.get("location_id"), row.get("city"))
+                first = series.setdefault(point, tags)
+                if first != tags:
+                    twice.setdefault(point, {first}).add(tags)
+            del stamps
+            for rid in rids:
+                point = (rid[1], rid[2])
+                if point in series:
+                    audit.in_influx.add(rid)
+                    if point in twice:
+                        audit.doubled[rid] = len(twice[point])
 
 
 def _points(
     influx: InfluxV1, database: str, measure: str, stamps: list[int]
 ) -> Iterator[dict[str, Any]]:
-    """The measure's points over the readings' time span, an hour per query (bounded
-    responses, however long the span)."""
+    """The measure's points over the readings' time span, in slices of at most an hour
+    sized for about ``SLICE_POINTS`` points each (bounded responses, however long or
+    dense the span)."""
     first, last = min(stamps), max(stamps)
-    for start in range(first, last + 1, SLICE_S):
-        end = min(start + SLICE_S - 1, last)
+    span = last - first + 1
+    step = max(1, min(SLICE_S, SLICE_POINTS * span // len(stamps)))
+    for start in range(first, last + 1, step):
+        end = min(start + step - 1, last)
         q = (
             f'SELECT "value", "sensor_id", "location_id", "city" FROM {quote_ident(measure)} '
             f"WHERE time >= {start}s AND time <= {end}s"

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class PipelineStatus:
     topics: dict[str, int]  # messages per topic (sum of end offsets)
     collector_lag: int | None  # messages the collectors have not committed yet
+    flink_lag: int | None  # raw records past the Flink job's last checkpointed offsets
     raw_points_1h: int | None  # readings written to InfluxDB in the last hour (by time)
     aggregate_points_1h: int | None
 
@@ -32,7 +33,8 @@ class PipelineStatus:
         return (
             f"raw={t.get('raw', 0)} readings={t.get('readings', 0)} "
             f"aggregates={t.get('aggregates', 0)} dead_letters={t.get('dead_letter', 0)} "
-            f"collector_lag={self.collector_lag} influx_points_1h={self.raw_points_1h} "
+            f"flink_lag={self.flink_lag} collector_lag={self.collector_lag} "
+            f"influx_points_1h={self.raw_points_1h} "
             f"aggregate_points_1h={self.aggregate_points_1h}"
         )
 
@@ -59,25 +61,32 @@ def status(settings: Settings) -> PipelineStatus:
     finally:
         consumer.close()
     topics = {label: sum(e.values()) for label, e in ends.items()}
-    lag: int | None = None
+    lag = _lag(settings, settings.collect.group_id, [ends["readings"], ends["aggregates"]])
+    # The job commits its offsets at each checkpoint (flink.checkpoint_interval_ms).
+    flink_lag = _lag(settings, settings.flink.group_id, [ends["raw"]])
+    raw = _recent(settings, settings.influx.raw_database, "value")
+    agg = _recent(settings, settings.influx.aggregates_database, "mean")
+    return PipelineStatus(topics, lag, flink_lag, raw, agg)
+
+
+def _lag(settings: Settings, group: str, ends: list[dict[TopicPartition, int]]) -> int | None:
+    """Messages of the topics past the group's committed offsets (None: unknown)."""
     try:
-        client = admin(k)
+        client = admin(settings.kafka)
         try:
-            group = settings.collect.group_id
             committed: dict[Any, Any] = client.list_group_offsets(group).get(group, {})
         finally:
             client.close()
-        lag = 0
-        for label in ("readings", "aggregates"):
-            for tp, end in ends[label].items():
-                done = committed.get(tp)
-                # max(): tansu's end offsets can trail the committed ones by a batch.
-                lag += max(0, end - (done.offset if done is not None and done.offset >= 0 else 0))
     except KafkaError as exc:
-        log.debug("collector lag unavailable error=%s", exc)
-    raw = _recent(settings, settings.influx.raw_database, "value")
-    agg = _recent(settings, settings.influx.aggregates_database, "mean")
-    return PipelineStatus(topics, lag, raw, agg)
+        log.debug("lag unavailable group=%s error=%s", group, exc)
+        return None
+    lag = 0
+    for topic_ends in ends:
+        for tp, end in topic_ends.items():
+            done = committed.get(tp)
+            # max(): tansu's end offsets can trail the committed ones by a batch.
+            lag += max(0, end - (done.offset if done is not None and done.offset >= 0 else 0))
+    return lag
 
 
 def _recent(settings: Settings, database: str, field: str) -> int | None:

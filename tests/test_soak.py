@@ -65,6 +65,15 @@ def _processes(state: Path) -> dict[int, str]:
     return out
 
 
+def _ray_job_logs(settings: Settings) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(settings.ray.dashboard_url)
+    return "".join(
+        client.get_job_logs(j.submission_id) for j in client.list_jobs() if j.submission_id
+    )
+
+
 def test_soak(tmp_path: Path) -> None:
     seconds, rate = SECONDS, RATE
     sensors = max(1, round(rate * READING_INTERVAL_S))
@@ -83,6 +92,7 @@ def test_soak(tmp_path: Path) -> None:
     )
     samples: dict[str, list[tuple[float, int]]] = {}
     lags: list[tuple[float, int | None]] = []
+    flink_lags: list[tuple[float, int | None]] = []
     try:
         app.wait_running(timeout_s=600)
         settings = control.load_stack_settings(
@@ -98,17 +108,33 @@ def test_soak(tmp_path: Path) -> None:
                     samples.setdefault(name, []).append((t, psutil.Process(pid).memory_info().rss))
                 except psutil.Error:
                     continue
-            lags.append((t, pipeline_status(settings).collector_lag))
+            now = pipeline_status(settings)
+            lags.append((t, now.collector_lag))
+            flink_lags.append((t, now.flink_lag))
             time.sleep(SAMPLE_S)
         until = time.time()
-        # The last snapshots are still in flight: audit once the pipeline drained them.
-        drain_until = time.monotonic() + 900
+        # The last snapshots are still in flight: audit once the collectors caught up
+        # (an audit of an hour at 10x reads millions of messages: not in a tight loop).
+        drain_until = time.monotonic() + 1200
+        settle = time.monotonic() + 300
+        time.sleep(30)
+        while time.monotonic() < settle and pipeline_status(settings).collector_lag != 0:
+            time.sleep(10)
         audit = run_audit(settings, since, until)
+        audits = 1
         while not audit.ok and time.monotonic() < drain_until:
-            time.sleep(15)
+            time.sleep(60)
             audit = run_audit(settings, since, until)
+            audits += 1
+        jobs_log = _ray_job_logs(settings)
     finally:
         app.stop()
+    # What the run said: its own output, its Ray jobs' and every stack service's log.
+    log = (
+        "".join(app.lines)
+        + jobs_log
+        + "".join(f.read_text(errors="replace") for f in sorted((state / "logs").glob("*.log")))
+    )
 
     warm = seconds / 5
     growth: dict[str, tuple[int, int]] = {}
@@ -138,8 +164,20 @@ def test_soak(tmp_path: Path) -> None:
         "max_lag": max((lag or 0 for _, lag in after), default=None),
         "lag_zero_samples": zero_hits,
         "lag_samples": len(after),
+        # The job commits its offsets at each checkpoint: its lag includes up to one
+        # checkpoint interval of records even when it keeps up.
+        "flink_lag_median": statistics.median(
+            [lag or 0 for t, lag in flink_lags if t > warm] or [0]
+        ),
+        "flink_lag_max": max((lag or 0 for t, lag in flink_lags if t > warm), default=None),
+        "flink_lag_last": flink_lags[-1][1] if flink_lags else None,
         "rss_mib": {n: [round(b / 2**20), round(e / 2**20)] for n, (b, e) in growth.items()},
         "grew_beyond_bound": sorted(grew),
+        "audit_seconds": round(audit.seconds),
+        "audits": audits,
+        "snapshots_ingested": log.count("snapshot ingested"),
+        "snapshots_given_up": log.count("snapshot given up"),
+        "service_restarts": log.count("service exited"),
         "in_memory_broker_mib": {
             n: [round(b / 2**20), round(e / 2**20)] for n, (b, e) in broker.items()
         },
