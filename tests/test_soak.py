@@ -52,7 +52,14 @@ def rss_bound(base: float) -> float:
 def _processes(state: Path) -> dict[int, str]:
     """Every process of this stack and its Ray cluster, by PID → short name."""
     out: dict[int, str] = {}
+    pids: set[int] = set()
     for pid in control.stack_processes(state):
+        pids.add(pid)
+        try:  # the supervisor's children: redis-server and tansu do not name the folder
+            pids.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            continue
+    for pid in sorted(pids):
         try:
             cmd = " ".join(psutil.Process(pid).cmdline())
         except psutil.Error:
