@@ -96,7 +96,7 @@ class IngestCounts:
             d["rejected_values"],
             d["cache_hits"],
             d["cache_misses"],
-            d.get("resighted", 0),
+            d["resighted"],
         )
 
 
