@@ -43,7 +43,7 @@ from kafka import KafkaProducer
 from aircast.deadletters import DeadLetters
 from aircast.errors import BackpressureError, InvalidRecord, StorageError
 from aircast.influx import InfluxV1, duration_seconds
-from aircast.kafka import fast_consumer
+from aircast.kafka import STALL_S, fast_consumer
 from aircast.kafka import producer as make_producer
 from aircast.records import (
     BEYOND_RETENTION,
@@ -343,6 +343,26 @@ class Collector:
         self._uncommitted = 0
         self._last_flush = time.monotonic()
 
+    def _floors(self) -> dict[tuple[str, int], int]:
+        """End offset at the start of each partition with something left to read."""
+        committed = {
+            (c.topic, c.partition): c.offset for c in self.consumer.committed(self.tps, timeout=10)
+        }
+        floors: dict[tuple[str, int], int] = {}
+        for tp in self.tps:
+            low, end = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            if end > max(committed.get((tp.topic, tp.partition), -1), low):
+                floors[(tp.topic, tp.partition)] = end
+        return floors
+
+    def _still_below(self, floors: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        if not floors:
+            return floors
+        # Consumer positions, not taken offsets: they also pass transaction markers.
+        now_at = self.consumer.position([TopicPartition(t, p) for t, p in floors])
+        at = {(tp.topic, tp.partition): tp.offset for tp in now_at}
+        return {k: end for k, end in floors.items() if at.get(k, -1) < end}
+
     def update_lag(self) -> dict[str, int]:
         unknown = [tp for tp in self.tps if (tp.topic, tp.partition) not in self.positions]
         start = {
@@ -368,7 +388,13 @@ class Collector:
     ) -> CollectStats:
         """Loop until stopped (or, with ``until_idle_s``, until polls brought nothing
         for that long and everything is flushed: used by tests and one-shot runs).
-        ``report`` is called every ``report_every_s`` and at the end (metrics)."""
+        ``report`` is called every ``report_every_s`` and at the end (metrics).
+
+        A one-shot run first reads every partition up to its end offset at the start:
+        a first fetch slower than ``until_idle_s`` (a busy or fresh broker) must not end
+        it before anything was read. It stops waiting for those ends after
+        ``STALL_S`` without a message (tansu's ends can trail, never lead)."""
+        floors = self._floors() if until_idle_s is not None else {}
         idle_since = time.monotonic()
         last_report = time.monotonic()
         while not self.stopping:
@@ -380,8 +406,13 @@ class Collector:
             if report is not None and time.monotonic() - last_report >= report_every_s:
                 report()
                 last_report = time.monotonic()
-            if until_idle_s is not None and time.monotonic() - idle_since >= until_idle_s:
-                break
+            if until_idle_s is not None:
+                floors = self._still_below(floors)
+                limit = STALL_S if floors else until_idle_s
+                if time.monotonic() - idle_since >= limit:
+                    if floors:
+                        log.warning("stopped short of the end offsets at start: %s", floors)
+                    break
         if self._uncommitted:
             self.flush()
         if report is not None:

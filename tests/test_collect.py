@@ -246,11 +246,14 @@ def test_a_point_influx_refuses_is_dead_lettered_alone(stack_settings: Settings)
 
     settings = fresh(stack_settings)
     readings = make_readings(4, 5, seed=3)
+    humid_times = [r.timestamp for r in readings if r.measure == "humidity"]
     with InfluxV1(settings.influx) as influx:
         influx.ensure_databases()
         # "value" already an integer in humidity: InfluxDB refuses float humidity points.
+        # Field types are per shard (a day here), so the integer goes at the readings'
+        # own first and last times: at now - 60 s it missed them from 00:00 to 06:00 UTC.
         influx.write(
-            [f"humidity,sensor_id=1 value=1i {int(time.time()) - 60}"],
+            [f"humidity,sensor_id=1 value=1i {t}" for t in (min(humid_times), max(humid_times))],
             settings.influx.raw_database,
             precision="s",
         )
@@ -267,6 +270,23 @@ def test_a_point_influx_refuses_is_dead_lettered_alone(stack_settings: Settings)
     letters = read_topic(settings.kafka, settings.kafka.dead_letter_topic, expect=humidity)
     assert len(letters) == humidity
     assert all("field type conflict" in DeadLetter.from_json(v).detail for _, v in letters)
+
+
+def test_a_one_shot_run_reads_to_the_end_however_short_its_idle_cutoff(
+    stack_settings: Settings,
+) -> None:
+    """With no idle time allowed, a one-shot run still reads every partition up to its
+    end offset at the start: a slow first fetch must not end it with nothing read."""
+    from aircast.collect import Collector
+
+    settings = fresh(stack_settings)
+    readings = make_readings(3, 4, seed=9)
+    produce_stream(settings, readings, [], [], chunks=1, pause_s=0)
+    collector = Collector(settings, [(settings.kafka.readings_topic, p) for p in range(4)])
+    stats = collector.run(until_idle_s=0)
+    collector.close()
+    assert stats.messages == len(readings)
+    assert stats.points[settings.influx.raw_database] == len(readings)
 
 
 def test_a_new_collector_resumes_after_the_last_commit(stack_settings: Settings) -> None:
