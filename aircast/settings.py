@@ -185,6 +185,9 @@ class FlinkSettings(BaseModel):
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     checkpoint_interval_ms: int = Field(default=10_000, ge=100)
     checkpoint_dir: Path = Path(".aircast/flink/checkpoints")
+    # A window's one aggregate is written when the watermark passes its end, the
+    # watermark trailing the newest reading by both of these (15 minutes by default);
+    # readings for a window after that are ``late``.
     watermark_out_of_orderness_s: int = Field(default=300, ge=0)
     allowed_lateness_s: int = Field(default=600, ge=0)
     restart_attempts: int = Field(default=10, ge=0)
@@ -193,8 +196,8 @@ class FlinkSettings(BaseModel):
     # ingest's Redis memory (ingest.dedupe_ttl_s, 2 days) keeps repeats of the feed out;
     # the job's catches what gets past it: a scraper retried after producing but before
     # marking seen, a Redis restart that lost its keys (the live file covers 5 minutes).
-    # Two hours is ample for those and bounds the job's state: it is held per sensor
-    # and 10-minute window (at 10x the network, ~1 GB for 2 h; 2 days would be ~20 GB).
+    # Two hours is ample for those and bounds the job's state: a counter per reading
+    # key and time (tens of bytes each; at 10x the network ~2.3M readings an hour).
     dedupe_ttl_s: int = Field(default=2 * 3600, ge=60)
     # Heap of the local mini-cluster's JVM (thread mode: the Python functions run in it
     # too). Unset, the JVM takes a quarter of the machine's memory and keeps it.

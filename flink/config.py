@@ -60,6 +60,10 @@ def flink_configuration(settings: Settings, resume_from: Path | None) -> dict[st
         "execution.checkpointing.dir": f.checkpoint_dir.resolve().as_uri(),
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "execution.checkpointing.num-retained": "2",
+        # Chained operators hand records on without a defensive copy: the SQL operators
+        # are built for it and the Python ones convert what they get (bench-flink: the
+        # job ~15 % faster).
+        "pipeline.object-reuse": "true",
         "restart-strategy.type": "fixed-delay",
         "restart-strategy.fixed-delay.attempts": str(f.restart_attempts),
         "restart-strategy.fixed-delay.delay": f"{f.restart_delay_ms} ms",
@@ -75,9 +79,9 @@ def flink_configuration(settings: Settings, resume_from: Path | None) -> dict[st
     }
     if resume_from is not None:
         conf["execution.state-recovery.path"] = resume_from.resolve().as_uri()
-        # A checkpoint of an earlier topology (other operator uids, e.g. before the
-        # dedupe and windows were keyed by sensor) restores what still maps (the source
-        # offsets) instead of failing every start; the old operators' state is dropped.
+        # A checkpoint of an earlier topology (other operators, e.g. before the dedupe
+        # and windows moved to SQL) restores what still maps (the source offsets)
+        # instead of failing every start; the old operators' state is dropped.
         conf["execution.state-recovery.ignore-unclaimed-state"] = "true"
     conf.update(f.options)
     return conf

@@ -5,24 +5,23 @@ on a local mini-cluster in the foreground until SIGTERM/SIGINT, then cancels the
 (its checkpoints are retained) and exits; the JVM exits with it (it watches this
 process's pipe, so even ``kill -9`` leaves no JVM behind).
 
-Topology (parallelism ``flink.parallelism``)::
+Topology (parallelism ``flink.parallelism``; see :mod:`flink.topology`)::
 
-    raw topic → KafkaSource → SplitMessage ──(rejections)──────────────────→ dead-letter topic
-      → event time + watermarks → key sensor (Java, one shuffle)
-      → SensorReadings ─(duplicate, late)──────────────────────────────────→ dead-letter topic
-                       ─(10-minute aggregates, event-time timers)──────────→ aggregates topic
-      → readings topic
+    raw topic → KafkaSource → SplitMessage (Python) ─(rejections)─────────→ dead-letter topic
+      → one row per record: event time, its readings' keys, JSON and values
+      → Flink SQL: unnest; watermarks; count per (reading key, event time)
+          ├─ first seen ──────────────────────────────────────────────────→ readings topic
+          ├─ seen again (``duplicate``); behind a fired window (``late``) ─→ dead-letter topic
+          └─ 10-minute tumbling windows (mean, min, max, count) ─────────→ aggregates topic
 
-Two Python operators, one shuffle: the dedupe and the windows are one function keyed
-by sensor (its own window state and timers, Flink's window rules — see
-:mod:`flink.transforms`), and event time and the key-by run in Java on what the split
-emits. A record's valid readings cross between the stages together, as plain tuples:
-one call and one state read and write per record, not per value. The Python functions run in
-the JVM's threads (``flink.execution_mode`` "thread", PyFlink's embedded interpreter):
-no gRPC bundles and state round trips to a worker process. (The first version — a
-separate dedupe, PyFlink's Python window operator behind a second shuffle, Python
-timestamp and key selectors, a TTL that switched off PyFlink's state cache, process
-mode — ran at 1/15 of an identity PyFlink job; ``make bench-flink`` has today's ratio.)
+One Python operator: the split, which validates with the domain model. The dedupe, the
+windows and the letters they make run in Flink SQL, in the JVM; the JSON of aggregates
+and of those letters is built by SQL generated from the domain's dataclasses
+(:mod:`flink.transforms`). The Python runs in the JVM's threads (``flink.execution_mode``
+"thread", PyFlink's embedded interpreter). History, measured by ``make bench-flink``
+against an identity PyFlink job: a separate Python dedupe and PyFlink's Python window
+operator, 1/15; one Python function keyed by sensor with its own state and timers
+(every state access and timer a call from Python into the JVM), 0.15; this, ~0.3.
 
 **One keyed readings topic**, not one topic per measure as in the original: the key
 ``<sensor_id>:<measure>`` keeps each sensor's measure in order on one partition, a new
@@ -32,14 +31,15 @@ value type) cannot exist because there is no per-measure routing code at all; th
 measure is data (key and value), checked by tests.
 
 **Duplicates**: a (sensor, measure, timestamp) seen again within ``flink.dedupe_ttl_s``
-goes to the dead-letter topic (``duplicate``), never to the readings or the aggregates.
+(the SQL state's TTL) goes to the dead-letter topic (``duplicate``), never to the
+readings or the aggregates.
 
-**Windows**: tumbling 10-minute event-time windows per sensor and measure; watermarks
-trail the newest reading by ``flink.watermark_out_of_orderness_s``; a window fires when
-the watermark passes its end and fires again, with the updated aggregate, for each
-reading arriving within ``flink.allowed_lateness_s`` after that (same key and window
-start: the collector overwrites the same InfluxDB point). Later readings are delivered
-as readings but dead-lettered ``late`` (``values=0``) for the aggregate.
+**Windows**: tumbling 10-minute event-time windows per sensor and measure. Flink SQL's
+windows fire once, so the watermark trails the newest reading by
+``flink.watermark_out_of_orderness_s`` *plus* ``flink.allowed_lateness_s``: a window
+waits for its late readings and its one aggregate is final (no early result followed by
+corrections). A reading for a window that already fired is delivered as a reading and
+dead-lettered ``late`` (``values=0``) for the aggregate.
 
 **Delivery**: checkpoints every ``flink.checkpoint_interval_ms`` to
 ``flink.checkpoint_dir``, retained on cancel; a start resumes from the newest one.

@@ -1,21 +1,48 @@
-"""The PyFlink wiring of the job (see :mod:`flink.job` for what it does and why)."""
+"""The PyFlink wiring of the job (see :mod:`flink.job` for what it does and why).
+
+One Python operator and Flink SQL (see :mod:`flink.functions` and :data:`STATEMENTS`):
+
+* :class:`~flink.functions.SplitMessage` (Python) — raw message → one row per record,
+  ``(event ms, its valid readings)``; rejections leave through the dead-letter side
+  output;
+* Flink SQL (Java): the record's readings unnested; a count per (reading key, event
+  time) in arrival order keeps the first of each (later ones: ``duplicate``); the
+  readings to the readings topic; 10-minute tumbling event-time windows per reading
+  key (mean, min, max, count); readings behind a closed window: ``late``;
+* :class:`~flink.functions.AggregateJson` and :class:`~flink.functions.LetterJson`
+  (Python SQL functions) build aggregates' and letters' JSON with the domain's records, so their
+  shape is defined once, in :mod:`aircast.records`.
+
+Why SQL: a Python keyed function with state and timers cost ~790 µs a record (every
+state access and timer a call from Python into the JVM); the same work in Flink's own
+operators costs a fraction of that, and the Python left is one pass per record.
+
+Allowed lateness: Flink SQL's windows fire once, when the watermark passes their end.
+The watermark is held back by the out-of-orderness *and* the allowed lateness, so a
+window waits for its late readings and fires once, final (no early result followed by
+corrections); a reading behind a window that fired is ``late``: delivered, not in the
+aggregate.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+from pyflink.common import Configuration, WatermarkStrategy
 from pyflink.common.serialization import SimpleStringSchema
-from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
+from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaSource
 from pyflink.java_gateway import get_gateway
-from pyflink.table import StreamTableEnvironment
+from pyflink.table import Schema, StreamTableEnvironment
 
+from aircast.records import AGGREGATE_WINDOW_S, DUPLICATE, LATE
 from aircast.settings import Settings
 from flink import functions as F
 from flink.config import kafka_properties, sink_ddl
+from flink.transforms import aggregate_json_sql, letter_json_sql
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+WINDOW_MS = AGGREGATE_WINDOW_S * 1000
 
 
 def environment(conf: dict[str, str]) -> StreamExecutionEnvironment:
@@ -56,69 +83,130 @@ def _source(settings: Settings) -> KafkaSource:
     return builder.build()
 
 
-def _watermarks(settings: Settings) -> WatermarkStrategy:
-    # No ``with_idleness``: with it, this PyFlink 2.0.1 mini-cluster never fired a
-    # window (measured). At parallelism 1 nothing can be idle; above 1, every split
-    # instance sees readings as long as every raw partition does.
-    return WatermarkStrategy.for_bounded_out_of_orderness(
-        Duration.of_seconds(settings.flink.watermark_out_of_orderness_s)
+def interval(seconds: int) -> str:
+    """A SQL interval literal of any number of seconds (``SECOND`` alone stops at 99)."""
+    days, rest = divmod(seconds, 86_400)
+    return (
+        f"INTERVAL '{days} {rest // 3600:02}:{rest % 3600 // 60:02}:{rest % 60:02}' DAY TO SECOND"
     )
 
 
-def _keyed_readings(split: DataStream, settings: Settings) -> KeyedStream:
-    """Event time, watermarks and the key-by, all in Java on what the split emitted.
+def _records_schema(settings: Settings) -> Schema:
+    f = settings.flink
+    # No idleness: at parallelism 1 nothing can be idle; above 1, every split instance
+    # sees records as long as every raw partition does.
+    hold_back = f.watermark_out_of_orderness_s + f.allowed_lateness_s
+    # The physical columns are the split's row (ts, ks, vs, vals, idx).
+    return (
+        Schema.new_builder()
+        .column_by_expression("rowtime", "TO_TIMESTAMP_LTZ(ts, 3)")
+        .column_by_expression("pt", "PROCTIME()")
+        .watermark("rowtime", f"rowtime - {interval(hold_back)}")
+        .build()
+    )
 
-    PyFlink's own ``assign_timestamps_and_watermarks`` (Python timestamp assigner) and
-    ``key_by`` (Python key selector) would each add a Python operator; the split
-    already emits their output shapes — ``((sensor id, record), event ms)`` — so the same
-    Java functions they use (timestamp from field 1, key from field 0) apply directly
-    and a record crosses the Python boundary twice, not four times.
-    """
-    jvm = get_gateway().jvm
-    eventtime = jvm.org.apache.flink.streaming.api.functions.python.eventtime
-    strategy = _watermarks(settings)._j_watermark_strategy.withTimestampAssigner(
-        eventtime.CustomTimestampAssigner()
-    )
-    j_keyed = (
-        split._j_data_stream.assignTimestampsAndWatermarks(strategy)
-        .name("event-time")
-        .map(eventtime.RemoveTimestampMapFunction(), F.KEYED_TYPE.get_java_type_info())
-        .name("drop-event-time-field")
-        .keyBy(jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
-    )
-    return KeyedStream(j_keyed, Types.PICKLED_BYTE_ARRAY(), split)
+
+# The readings of every record, each with how many times its (key, event time) was
+# seen so far, in arrival order: 1 is the reading, more a duplicate. Its state is the
+# dedupe memory, kept ``flink.dedupe_ttl_s`` (table.exec.state.ttl).
+COUNTED = """
+SELECT k, v, val, ts, rowtime,
+  COUNT(*) OVER (
+    PARTITION BY k, ts ORDER BY pt ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+  ) AS seen
+FROM (
+  SELECT records.ks[i] AS k, records.vs[i] AS v, records.vals[i] AS val, ts, rowtime, pt
+  FROM records CROSS JOIN UNNEST(records.idx) AS u (i)
+)
+"""
+
+READINGS = "INSERT INTO readings_sink SELECT k, v FROM counted WHERE seen = 1"
+
+_AGGREGATE_JSON = aggregate_json_sql(
+    "latest",
+    {
+        "window_start": "start_s",
+        "window_end": f"start_s + {AGGREGATE_WINDOW_S}",
+        "mean": "mean",
+        "min": "lo",
+        "max": "hi",
+        "count": "n",
+    },
+)
+AGGREGATES = f"""
+INSERT INTO aggregates_sink
+SELECT k, {_AGGREGATE_JSON} FROM (
+  SELECT k, CAST((MIN(ts) - MOD(MIN(ts), {WINDOW_MS})) / 1000 AS BIGINT) AS start_s,
+    AVG(val) AS mean, MIN(val) AS lo, MAX(val) AS hi, COUNT(*) AS n, LAST_VALUE(v) AS latest
+  FROM TABLE(TUMBLE(TABLE counted, DESCRIPTOR(rowtime), {interval(AGGREGATE_WINDOW_S)}))
+  WHERE seen = 1
+  GROUP BY k, window_start, window_end
+)
+"""
+
+
+# A window fires when the watermark reaches its last millisecond; a reading for it
+# seen after that is dropped by the window: ``late``. (At parallelism above 1 the
+# window's watermark is the least of its inputs', so a reading may be both counted and
+# lettered late at the edge; at 1 the two agree.)
+def _letters(settings: Settings) -> str:
+    lateness_s = settings.flink.allowed_lateness_s
+    dup = letter_json_sql(DUPLICATE, "k", "v", "ts", lateness_s)
+    late = letter_json_sql(LATE, "k", "v", "ts", lateness_s)
+    return f"""
+INSERT INTO dead_letter_sink
+SELECT k, v FROM split_letters
+UNION ALL
+SELECT k, {dup} FROM counted WHERE seen > 1
+UNION ALL
+SELECT k, {late} FROM counted
+WHERE seen = 1 AND CURRENT_WATERMARK(rowtime) IS NOT NULL
+  AND TO_TIMESTAMP_LTZ(ts - MOD(ts, {WINDOW_MS}) + {WINDOW_MS} - 1, 3)
+      <= CURRENT_WATERMARK(rowtime)
+"""
 
 
 def attach(env: StreamExecutionEnvironment, settings: Settings) -> None:
-    """Add the whole topology (source, functions, the three keyed Kafka sinks) to ``env``."""
-    f = settings.flink
-    # Stable uids: a restart maps checkpointed state (offsets, seen timestamps, open
-    # windows, timers) back onto the same operators.
+    """Add the whole topology (source, split, SQL, the three keyed Kafka sinks) to ``env``.
+
+    Everything after the split is one statement set, planned together, so the
+    ``counted`` view (its dedupe state) exists once for the three sinks."""
+    # A stable uid: a restart maps the checkpointed source offsets back onto it.
     raw = env.from_source(_source(settings), WatermarkStrategy.no_watermarks(), "raw-topic").uid(
         "raw-topic-source"
     )
-    split = raw.process(
-        F.SplitMessage(settings.kafka.raw_topic), output_type=F.TIMESTAMPED_TYPE
-    ).name("split-validate")
-    readings = (
-        _keyed_readings(split, settings)
-        .process(F.SensorReadings(f.dedupe_ttl_s, f.allowed_lateness_s), output_type=F.KV_TYPE)
-        .name("dedupe-aggregate-10min")
-        # Keyed by sensor; checkpoints of the earlier per-measure operator (uid
-        # "dedupe-aggregate-10min") do not restore into it, hence the new uid.
-        .uid("sensor-dedupe-aggregate-10min")
+    split = raw.process(F.SplitMessage(settings.kafka.raw_topic), output_type=F.RECORD_TYPE).name(
+        "split-validate"
     )
-    aggregates = readings.get_side_output(F.AGGREGATES)
-    dead = split.get_side_output(F.DEAD_LETTERS).union(readings.get_side_output(F.DEAD_LETTERS))
 
     t_env = StreamTableEnvironment.create(env)
-    sinks = (
-        ("readings_sink", settings.kafka.readings_topic, "readings", readings),
-        ("aggregates_sink", settings.kafka.aggregates_topic, "aggregates", aggregates),
-        ("dead_letter_sink", settings.kafka.dead_letter_topic, "dead-letter", dead),
+    config = t_env.get_config()
+    config.set("table.exec.state.ttl", f"{settings.flink.dedupe_ttl_s} s")
+    config.set("table.local-time-zone", "UTC")  # letters write times as the feed does
+    t_env.create_temporary_view("records", t_env.from_data_stream(split, _records_schema(settings)))
+    t_env.create_temporary_view(
+        "split_letters", t_env.from_data_stream(split.get_side_output(F.DEAD_LETTERS))
     )
-    statements = t_env.create_statement_set()
-    for table, topic, name, stream in sinks:
+    # Planned once and handed on as a stream: the three statements below each read it
+    # (the planner does not share a view's OVER aggregate between statements; it would
+    # run, and keep state, once per statement).
+    counted = t_env.to_data_stream(t_env.sql_query(COUNTED))
+    t_env.create_temporary_view(
+        "counted",
+        t_env.from_data_stream(
+            counted,
+            # The rowtime column, again the event-time attribute, and the upstream
+            # watermarks as they are.
+            Schema.new_builder().watermark("rowtime", "SOURCE_WATERMARK()").build(),
+        ),
+    )
+    for table, topic, name in (
+        ("readings_sink", settings.kafka.readings_topic, "readings"),
+        ("aggregates_sink", settings.kafka.aggregates_topic, "aggregates"),
+        ("dead_letter_sink", settings.kafka.dead_letter_topic, "dead-letter"),
+    ):
         t_env.execute_sql(sink_ddl(table, topic, settings, name))
-        statements.add_insert(table, t_env.from_data_stream(stream))
+    statements = t_env.create_statement_set()
+    for statement in (READINGS, AGGREGATES, _letters(settings)):
+        statements.add_insert_sql(statement)
     statements.attach_as_datastream()

@@ -243,13 +243,15 @@ def test_job_splits_dedupes_aggregates_and_dead_letters(
         no_values,
         feed_record(105, BASE + 40, {"radon": "1", "P1": "4"}),
         feed_record(101, BASE + 700, {"P1": "20", "P2": "9"}),  # second window
-        # Moves the watermark to BASE+1740: window 0 closes for good (end + lateness =
-        # BASE+1200), window 1 fires and stays open for late readings until BASE+1800.
+        # The watermark trails the latest event time by the out-of-orderness and the
+        # allowed lateness (60 + 600 s): this moves it to BASE+1140, window 0 fires
+        # (final), window 1 still waits for late readings.
         feed_record(101, BASE + 1800, {"P1": "30"}),
     ]
     phase_b: list[dict[str, Any] | str] = [
         feed_record(102, BASE + 100, {"temperature": "22"}),  # window 0: too late
         feed_record(101, BASE + 800, {"P1": "22"}),  # window 1: late but allowed
+        feed_record(101, BASE + 2000, {"P1": "40"}),  # watermark BASE+1340: window 1 fires
     ]
     topics = topics_of(settings)
     job = Job(settings, config, tmp_path / "job.log")
@@ -258,7 +260,7 @@ def test_job_splits_dedupes_aggregates_and_dead_letters(
     try:
         seen = wait_for(
             topics,
-            lambda s: len(s["aggregates"]) >= 8 and len(s["readings"]) >= 12,
+            lambda s: len(s["aggregates"]) >= 6 and len(s["readings"]) >= 12,
             job,
             START_TIMEOUT_S,
         )
@@ -267,7 +269,7 @@ def test_job_splits_dedupes_aggregates_and_dead_letters(
         produce(settings, phase_b)
         wait_for(
             topics,
-            lambda s: len(s["aggregates"]) >= 9 and len(s["dead"]) >= 10,
+            lambda s: len(s["aggregates"]) >= 8 and len(s["dead"]) >= 10,
             job,
             60,
         )
@@ -284,8 +286,8 @@ def test_job_splits_dedupes_aggregates_and_dead_letters(
     got = [(k, R.Reading.from_json(v)) for k, v in seen["readings"]]
     assert all(k == r.key for k, r in got)
     assert Counter(k for k, _ in got) == +want
-    assert len(got) == 14
-    assert len({(r.key, r.timestamp) for _, r in got}) == 14
+    assert len(got) == 15
+    assert len({(r.key, r.timestamp) for _, r in got}) == 15
 
     # Dead letters: each with its reason; values conserved (late ones account for 0).
     letters = [R.DeadLetter.from_json(v) for _, v in seen["dead"]]
@@ -306,27 +308,42 @@ def test_job_splits_dedupes_aggregates_and_dead_letters(
         0,
         22.0,
     )
+    assert late.detail == (
+        "102:temperature at 2024-01-01 00:01:40 arrived after its 10-minute window closed "
+        "(allowed lateness 600 s); not in the aggregate"
+    )
+    dups = [d for d in letters if d.reason == R.DUPLICATE]
+    assert sorted(d.detail for d in dups) == [
+        "101:P1 at 2024-01-01 00:00:10 already taken in",
+        "101:P2 at 2024-01-01 00:00:10 already taken in",
+    ]
+    assert all(
+        d.values == 1 and R.Reading.from_json(d.payload).key == d.key and d.at > BASE for d in dups
+    )
     (malformed,) = [d for d in letters if d.reason == R.MALFORMED]
     assert malformed.payload == "{not json"
     values_in = sum(R.value_count(m) if isinstance(m, dict) else 1 for m in phase_a + phase_b)
-    assert values_in == len(got) + sum(d.values for d in letters) == 23
+    assert values_in == len(got) + sum(d.values for d in letters) == 24
 
-    # Aggregates: window 0 and 1 fired; window 1 of 101:P1 fired again with the late
-    # (allowed) reading; the duplicate was never counted; the too-late reading is not in.
+    # Aggregates: windows 0 and 1 fired once each, final: window 1 of 101:P1 with its
+    # late (allowed) reading; the duplicate was never counted; the too-late reading is
+    # not in; the window of BASE+1800 has not fired.
     aggs = [R.Aggregate.from_json(v) for _, v in seen["aggregates"]]
-    by_window = {(a.key, a.window_start - BASE, a.count, a.mean) for a in aggs}
-    assert by_window == {
-        ("101:P1", 0, 2, 11.0),
-        ("101:P2", 0, 2, 6.0),
-        ("102:temperature", 0, 1, 21.5),
-        ("102:humidity", 0, 1, 100.0),
-        ("102:pressure", 0, 2, 98050.0),
-        ("105:P1", 0, 1, 4.0),
-        ("101:P1", 600, 1, 20.0),
-        ("101:P2", 600, 1, 9.0),
-        ("101:P1", 600, 2, 21.0),
-    }
-    assert len(aggs) == 9
+    by_window = [(a.key, a.window_start - BASE, a.count, a.mean, a.min, a.max) for a in aggs]
+    assert sorted(by_window) == [
+        ("101:P1", 0, 2, 11.0, 10.0, 12.0),
+        ("101:P1", 600, 2, 21.0, 20.0, 22.0),
+        ("101:P2", 0, 2, 6.0, 5.0, 7.0),
+        ("101:P2", 600, 1, 9.0, 9.0, 9.0),
+        ("102:humidity", 0, 1, 100.0, 100.0, 100.0),
+        ("102:pressure", 0, 2, 98050.0, 98000.0, 98100.0),
+        ("102:temperature", 0, 1, 21.5, 21.5, 21.5),
+        ("105:P1", 0, 1, 4.0, 4.0, 4.0),
+    ]
+    assert all(
+        a.key == k and a.city == "Esslingen"
+        for (k, _), a in zip(seen["aggregates"], aggs, strict=True)
+    )
     assert "flink job starting" in job.text() and "flink job cancelled" in job.text()
 
 
@@ -367,7 +384,10 @@ def test_killed_job_resumes_from_checkpoint_without_loss_or_repeats(
         )
         want_letters = Counter((o.reason, o.values) for o in outcomes if isinstance(o, R.Rejection))
         max_ts = BASE + (len(messages) // sensors - 1) * 60
-        want_aggs = _expected_aggregates(outcomes, max_ts - 60)
+        f = settings.flink
+        want_aggs = _expected_aggregates(
+            outcomes, max_ts - f.watermark_out_of_orderness_s - f.allowed_lateness_s
+        )
         wait_for(
             topics,
             lambda s: (

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from aircast import records as R
 from aircast.measures import MEASURES
 from aircast.settings import FlinkSettings, KafkaSettings, Settings
@@ -43,12 +45,12 @@ def test_every_measure_keeps_its_own_key_and_value() -> None:
     values = {m.name: (m.low + m.high) / 2 + i * 0.001 for i, m in enumerate(MEASURES)}
     rec = record(sensordatavalues=[{"value": str(v), "value_type": k} for k, v in values.items()])
     outcomes = T.split_message(json.dumps(rec), AT)
-    rows = dict(T.sink_row(o) for o in outcomes if isinstance(o, R.Reading))
-    assert set(rows) == {f"468:{name}" for name in values}
-    for key, value in rows.items():
-        reading = R.Reading.from_json(value)
+    rows = [T.reading_row(o) for o in outcomes if isinstance(o, R.Reading)]
+    assert {key for key, _, _ in rows} == {f"468:{name}" for name in values}
+    for key, text, value in rows:
+        reading = R.Reading.from_json(text)
         assert key == f"468:{reading.measure}"
-        assert reading.value == values[reading.measure]
+        assert reading.value == value == values[reading.measure]
 
 
 def test_rejections_keep_payload_key_reason_and_source() -> None:
@@ -106,36 +108,36 @@ def reading(ts: int, value: float, lat: float = 48.74) -> R.Reading:
     return R.Reading(468, "SDS011", 220, lat, 9.31, "DE", "Germany", "Esslingen", "P1", value, ts)
 
 
-def test_letters_for_duplicates_and_late_readings() -> None:
-    r = reading(1_704_067_210, 12.0)
-    dup = T.duplicate_letter(r, AT)
-    late = T.late_letter(r, AT, 600)
-    assert (dup.reason, dup.key, dup.values, R.Reading.from_json(dup.payload)) == (
-        R.DUPLICATE,
-        "468:P1",
-        1,
-        r,
-    )
-    # A late reading was delivered as a reading; only the aggregate misses it.
-    assert (late.reason, late.key, late.values) == (R.LATE, "468:P1", 0)
-    assert "600 s" in late.detail
+def test_the_jobs_sql_json_names_every_field_of_the_domains_records() -> None:
+    # Generated from the dataclasses: a field added to Aggregate or DeadLetter must get
+    # an expression (or come from the reading) or the job refuses to start.
+    agg = T.aggregate_json_sql("latest", FIGURES)
+    assert agg.startswith("JSON_OBJECT(")
+    for f in dataclasses.fields(R.Aggregate):
+        assert f"KEY '{f.name}' VALUE " in agg
+    assert "JSON_VALUE(latest, '$.sensor_id' RETURNING INTEGER)" in agg
+    assert "JSON_VALUE(latest, '$.latitude' RETURNING DOUBLE)" in agg
+    with pytest.raises(ValueError, match="count"):
+        T.aggregate_json_sql("latest", {k: v for k, v in FIGURES.items() if k != "count"})
+    for reason, values in ((R.DUPLICATE, 1), (R.LATE, 0)):
+        letter = T.letter_json_sql(reason, "k", "v", "ts", 600)
+        for f in dataclasses.fields(R.DeadLetter):
+            assert f"KEY '{f.name}' VALUE " in letter
+        assert f"KEY 'reason' VALUE '{reason}'" in letter
+        assert f"KEY 'values' VALUE {values}," in letter
+    assert "(allowed lateness 600 s)" in T.letter_json_sql(R.LATE, "k", "v", "ts", 600)
+    with pytest.raises(ValueError, match="out_of_range"):
+        T.letter_json_sql(R.OUT_OF_RANGE, "k", "v", "ts", 600)
 
 
-def test_window_aggregate_uses_window_start_and_latest_location() -> None:
-    start = 1_704_067_200
-    (agg,) = T.window_aggregates(
-        [
-            T.carried(r)[2]
-            for r in (reading(start + 300, 30.0, lat=48.9), reading(start + 10, 10.0))
-        ],
-        start,
-    )
-    assert (agg.window_start, agg.window_end, agg.count) == (start, start + 600, 2)
-    assert (agg.mean, agg.min, agg.max, agg.latitude) == (20.0, 10.0, 30.0, 48.9)
-    key, value = T.aggregate_row(agg)
-    assert key == "468:P1" and R.Aggregate.from_json(value) == agg
-    assert value == agg.to_json().decode()
-    assert T.event_time_ms(reading(start, 1.0)) == start * 1000
+FIGURES = {
+    "window_start": "s",
+    "window_end": "s + 600",
+    "mean": "mean",
+    "min": "lo",
+    "max": "hi",
+    "count": "n",
+}
 
 
 def test_flink_configuration_from_settings(tmp_path: Path) -> None:
@@ -214,114 +216,5 @@ def test_reading_json_round_trips_through_the_domain() -> None:
         R.Reading(7, "BME280", 1, 0.0, 1.0, "", "", 'a "q"\n', "humidity", 100.0, 5, 99),
     ):
         assert R.Reading.from_json(T.reading_json(r)) == r
-        key, text, fields = T.carried(r)
-        assert key == r.key and text == r.to_json().decode()
-        assert R.Reading(*fields) == r
-
-
-NO_WATERMARK = -(2**63)
-LATENESS_MS = 600_000
-
-
-def take(
-    windows: T.DictStore[int, T.Entry],
-    readings: list[R.Reading],
-    watermark: int = NO_WATERMARK,
-) -> tuple[list[tuple[int, Any]], tuple[int, ...]]:
-    key, record_, event_ms = T.carried_record(readings)
-    assert key == str(readings[0].sensor_id) and event_ms == readings[0].timestamp * 1000
-    return T.take_record(windows, record_, watermark, LATENESS_MS, AT)
-
-
-def kinds(out: list[tuple[int, Any]]) -> list[int]:
-    return [kind for kind, _ in out]
-
-
-def measure(r: R.Reading, name: str, value: float) -> R.Reading:
-    return dataclasses.replace(r, measure=name, value=value)
-
-
-def aggregates(out: list[tuple[int, Any]]) -> list[R.Aggregate]:
-    assert {kind for kind, _ in out} <= {T.AGGREGATE}
-    return [R.Aggregate.from_json(v) for _, (_, v) in out]
-
-
-def test_one_record_is_deduplicated_per_measure() -> None:
-    windows: T.DictStore[int, T.Entry] = T.DictStore()
-    start = 1_704_067_200
-    p1 = reading(start + 10, 12.0)
-    p2 = measure(p1, "P2", 5.0)
-    out, timers = take(windows, [p1])
-    assert kinds(out) == [T.READING] and out[0][1] == T.sink_row(p1)
-    assert timers == (T.fire_time_ms(start), T.cleanup_time_ms(start, LATENESS_MS))
-    # Same time again: P1 is a duplicate, P2 (not taken at that time yet) is new.
-    out, timers = take(windows, [p1, p2])
-    assert kinds(out) == [T.LETTER, T.READING] and timers == ()
-    letter = R.DeadLetter.from_json(out[0][1][1])
-    assert (letter.reason, letter.key, letter.values) == (R.DUPLICATE, "468:P1", 1)
-    assert out[1][1] == T.sink_row(p2)
-    # Both again: two letters, nothing delivered, the window unchanged.
-    out, _ = take(windows, [p1, p2])
-    assert kinds(out) == [T.LETTER, T.LETTER]
-    seen, contents = windows[start]
-    assert seen == {p1.timestamp: ("468:P1", "468:P2")} and contents is not None
-    assert len(contents) == 2
-    # The window closes: its readings go, its dedupe memory stays.
-    T.on_timer(windows, T.cleanup_time_ms(start, LATENESS_MS), LATENESS_MS)
-    assert windows[start] == (seen, None)
-    out, _ = take(windows, [p1])
-    assert kinds(out) == [T.LETTER]
-
-
-def test_windows_follow_flinks_event_time_rules() -> None:
-    # Tumbling 10-minute windows, allowed lateness 600 s, as the job runs them.
-    windows: T.DictStore[int, T.Entry] = T.DictStore()
-    start = 1_704_067_200
-    w0_fire = (start + 600) * 1000 - 1
-    w0_cleanup = w0_fire + LATENESS_MS
-    assert T.start_fired_at(w0_fire) == start and T.start_fired_at(w0_fire - 1) is None
-
-    assert take(windows, [reading(start + 300, 30.0)])[1] == (w0_fire, w0_cleanup)
-    assert take(windows, [reading(start + 10, 10.0)])[1] == ()
-    other = measure(reading(start + 20, 0.0), "P2", 7.0)
-    assert take(windows, [other])[1] == ()
-    # Window 1: its firing time is window 0's cleanup time.
-    assert take(windows, [reading(start + 600, 5.0)])[1] == (w0_cleanup, w0_cleanup + LATENESS_MS)
-    assert not T.fires_now(start, w0_fire - 1) and T.fires_now(start, w0_fire)
-
-    # Window 0 fires: one aggregate per measure; P1's in time order (latest last).
-    fired = aggregates(T.on_timer(windows, w0_fire, LATENESS_MS))
-    assert [(a.key, a.count, a.mean, a.min, a.max) for a in fired] == [
-        ("468:P1", 2, 20.0, 10, 30),
-        ("468:P2", 1, 7.0, 7, 7),
-    ]
-    assert fired[0] == R.Aggregate.of(
-        [reading(start + 10, 10.0), reading(start + 300, 30.0)], start
-    )
-    # Late but allowed: delivered, and P1's aggregate fires again at once with all three.
-    out, timers = take(windows, [reading(start + 40, 50.0)], w0_fire + 1000)
-    assert kinds(out) == [T.READING, T.AGGREGATE] and timers == ()
-    again = R.Aggregate.from_json(out[1][1][1])
-    assert (again.key, again.window_start, again.count) == ("468:P1", start, 3)
-    # One timer fires window 1 and closes window 0.
-    fired = aggregates(T.on_timer(windows, w0_cleanup, LATENESS_MS))
-    assert [a.window_start for a in fired] == [start + 600]
-    assert windows[start][1] is None and windows[start + 600][1] is not None
-    # Window 0 is closed for good: a reading for it is delivered but late for the
-    # aggregate (values=0); window 1 still takes one and fires again at once.
-    out, _ = take(windows, [reading(start + 30, 1.0)], w0_cleanup)
-    assert kinds(out) == [T.READING, T.LETTER]
-    late = R.DeadLetter.from_json(out[1][1][1])
-    assert (late.reason, late.values) == (R.LATE, 0)
-    out, _ = take(windows, [reading(start + 601, 1.0)], w0_cleanup)
-    assert kinds(out) == [T.READING, T.AGGREGATE]
-    # A closed window stays closed even if the watermark starts over (a restart).
-    out, timers = take(windows, [reading(start + 50, 2.0)])
-    assert kinds(out) == [T.READING, T.LETTER] and timers == ()
-    # A first reading for a window already due fires it at once; only the cleanup waits.
-    out, timers = take(windows, [reading(start + 1200, 3.0)], w0_cleanup + LATENESS_MS)
-    assert kinds(out) == [T.READING, T.AGGREGATE]
-    assert timers == (T.cleanup_time_ms(start + 1200, LATENESS_MS),)
-    # Without allowed lateness a window fires and closes on one timer.
-    assert aggregates(T.on_timer(windows, T.fire_time_ms(start + 1200), 0))
-    assert windows[start + 1200][1] is None
+        key, text, value = T.reading_row(r)
+        assert (key, text, value) == (r.key, r.to_json().decode(), r.value)
