@@ -61,32 +61,48 @@ def status(settings: Settings) -> PipelineStatus:
     finally:
         consumer.close()
     topics = {label: sum(e.values()) for label, e in ends.items()}
-    lag = _lag(settings, settings.collect.group_id, [ends["readings"], ends["aggregates"]])
     # The job commits its offsets at each checkpoint (flink.checkpoint_interval_ms).
-    flink_lag = _lag(settings, settings.flink.group_id, [ends["raw"]])
+    lag, flink_lag = _lags(
+        settings,
+        [
+            (settings.collect.group_id, [ends["readings"], ends["aggregates"]]),
+            (settings.flink.group_id, [ends["raw"]]),
+        ],
+    )
     raw = _recent(settings, settings.influx.raw_database, "value")
     agg = _recent(settings, settings.influx.aggregates_database, "mean")
     return PipelineStatus(topics, lag, flink_lag, raw, agg)
 
 
-def _lag(settings: Settings, group: str, ends: list[dict[TopicPartition, int]]) -> int | None:
-    """Messages of the topics past the group's committed offsets (None: unknown)."""
+def _lags(
+    settings: Settings, groups: list[tuple[str, list[dict[TopicPartition, int]]]]
+) -> list[int | None]:
+    """Per (consumer group, its topics' end offsets), the messages past the group's
+    committed offsets (None: unknown), through one admin client."""
+    lags: list[int | None] = [None] * len(groups)
     try:
         client = admin(settings.kafka)
-        try:
-            committed: dict[Any, Any] = client.list_group_offsets(group).get(group, {})
-        finally:
-            client.close()
     except KafkaError as exc:
-        log.debug("lag unavailable group=%s error=%s", group, exc)
-        return None
-    lag = 0
-    for topic_ends in ends:
-        for tp, end in topic_ends.items():
-            done = committed.get(tp)
-            # max(): tansu's end offsets can trail the committed ones by a batch.
-            lag += max(0, end - (done.offset if done is not None and done.offset >= 0 else 0))
-    return lag
+        log.debug("lag unavailable error=%s", exc)
+        return lags
+    try:
+        for i, (group, ends) in enumerate(groups):
+            try:
+                committed: dict[Any, Any] = client.list_group_offsets(group).get(group, {})
+            except KafkaError as exc:
+                log.debug("lag unavailable group=%s error=%s", group, exc)
+                continue
+            lag = 0
+            for topic_ends in ends:
+                for tp, end in topic_ends.items():
+                    done = committed.get(tp)
+                    # max(): tansu's end offsets can trail the committed ones by a batch.
+                    at = done.offset if done is not None and done.offset >= 0 else 0
+                    lag += max(0, end - at)
+            lags[i] = lag
+    finally:
+        client.close()
+    return lags
 
 
 def _recent(settings: Settings, database: str, field: str) -> int | None:

@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -326,3 +327,55 @@ def test_a_new_collector_resumes_after_the_last_commit(stack_settings: Settings)
     topic = settings.kafka.readings_topic
     assert {letter.source.rsplit("/", 2)[0] for letter in letters if letter.source} == {topic}
     assert len(distinct_points(settings, settings.influx.raw_database)) == len(first) + len(second)
+
+
+def test_pipeline_status_shows_lag_until_the_collector_commits(stack_settings: Settings) -> None:
+    """What `make run` prints: messages per topic, the collectors' lag (what they have
+    not committed) and the Flink job's (raw records past its group's offsets), and the
+    points written in the last hour."""
+    from aircast.collect import Collector
+    from aircast.pipeline import status
+
+    settings = fresh(stack_settings)
+    settings = settings.model_copy(
+        update={
+            "kafka": settings.kafka.model_copy(update={"raw_topic": unique("raw")}),
+            "flink": settings.flink.model_copy(update={"group_id": unique("flink")}),
+        }
+    )
+    k = settings.kafka
+    ensure_topics(k, [k.raw_topic])
+    now = int(time.time())
+    readings = [
+        replace(r, timestamp=now - 600 + i) for i, r in enumerate(make_readings(3, 4, seed=11))
+    ]
+    # One record per batch: tansu answers "latest" with the last batch's base offset
+    # + 1, so a batch of several records would show as one (real Kafka: the true end).
+    p = producer(k)
+    for r in readings:
+        p.send(k.readings_topic, key=r.key.encode(), value=r.to_json())
+        p.flush()
+    for i in range(5):
+        p.send(k.raw_topic, key=str(i).encode(), value=b"{}")
+        p.flush()
+    p.close()
+
+    def settled(want: Callable[[Any], bool]) -> Any:
+        deadline = time.monotonic() + 15
+        while not want(now_ := status(settings)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return now_
+
+    before = settled(lambda s: s.topics["readings"] == len(readings) and s.topics["raw"] == 5)
+    assert (before.topics["readings"], before.topics["raw"]) == (len(readings), 5)
+    assert (before.collector_lag, before.flink_lag) == (len(readings), 5)
+    # No database yet (the collectors create them): unknown, not zero.
+    assert (before.raw_points_1h, before.aggregate_points_1h) == (None, None)
+    parts = [(k.readings_topic, n) for n in range(4)] + [(k.aggregates_topic, n) for n in range(4)]
+    collector = Collector(settings, parts)
+    collector.run(until_idle_s=1)
+    collector.close()
+    after = settled(lambda s: s.collector_lag == 0)
+    assert (after.collector_lag, after.flink_lag) == (0, 5)
+    assert (after.raw_points_1h, after.aggregate_points_1h) == (len(readings), 0)
+    assert f"flink_lag=5 collector_lag=0 influx_points_1h={len(readings)}" in after.line()
