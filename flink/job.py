@@ -8,8 +8,8 @@ process's pipe, so even ``kill -9`` leaves no JVM behind).
 Topology (parallelism ``flink.parallelism``; see :mod:`flink.topology`)::
 
     raw topic → KafkaSource → SplitMessage (Python) ─(rejections)─────────→ dead-letter topic
-      → one row per record: event time, its readings' keys, JSON and values
-      → Flink SQL: unnest; watermarks; count per (reading key, event time)
+      → one row per valid value: event time, reading key, JSON, value
+      → Flink SQL: watermarks; count per (reading key, event time)
           ├─ first seen ──────────────────────────────────────────────────→ readings topic
           ├─ seen again (``duplicate``); behind a fired window (``late``) ─→ dead-letter topic
           └─ 10-minute tumbling windows (mean, min, max, count) ─────────→ aggregates topic

@@ -1,16 +1,15 @@
 """The PyFlink wiring of the job (see :mod:`flink.job` for what it does and why).
 
-One Python operator and Flink SQL (see :mod:`flink.functions` and :data:`STATEMENTS`):
+One Python operator and Flink SQL:
 
-* :class:`~flink.functions.SplitMessage` (Python) — raw message → one row per record,
-  ``(event ms, its valid readings)``; rejections leave through the dead-letter side
-  output;
-* Flink SQL (Java): the record's readings unnested; a count per (reading key, event
-  time) in arrival order keeps the first of each (later ones: ``duplicate``); the
-  readings to the readings topic; 10-minute tumbling event-time windows per reading
-  key (mean, min, max, count); readings behind a closed window: ``late``;
-* :class:`~flink.functions.AggregateJson` and :class:`~flink.functions.LetterJson`
-  (Python SQL functions) build aggregates' and letters' JSON with the domain's records, so their
+* :class:`~flink.functions.SplitMessage` (Python) — raw message → one row per valid
+  value ``(event ms, reading key, Reading JSON, value)``; rejections leave through the
+  dead-letter side output;
+* Flink SQL (Java): a count per (reading key, event time) in arrival order keeps the
+  first of each (later ones: ``duplicate``); the readings to the readings topic;
+  10-minute tumbling event-time windows per reading key (mean, min, max, count);
+  readings behind a fired window: ``late``. The JSON of aggregates and of those letters
+  is SQL generated from the domain's dataclasses (:mod:`flink.transforms`), so their
   shape is defined once, in :mod:`aircast.records`.
 
 Why SQL: a Python keyed function with state and timers cost ~790 µs a record (every
@@ -96,7 +95,7 @@ def _records_schema(settings: Settings) -> Schema:
     # No idleness: at parallelism 1 nothing can be idle; above 1, every split instance
     # sees records as long as every raw partition does.
     hold_back = f.watermark_out_of_orderness_s + f.allowed_lateness_s
-    # The physical columns are the split's row (ts, ks, vs, vals, idx).
+    # The physical columns are the split's row (ts, k, v, val).
     return (
         Schema.new_builder()
         .column_by_expression("rowtime", "TO_TIMESTAMP_LTZ(ts, 3)")
@@ -114,10 +113,7 @@ SELECT k, v, val, ts, rowtime,
   COUNT(*) OVER (
     PARTITION BY k, ts ORDER BY pt ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
   ) AS seen
-FROM (
-  SELECT records.ks[i] AS k, records.vs[i] AS v, records.vals[i] AS val, ts, rowtime, pt
-  FROM records CROSS JOIN UNNEST(records.idx) AS u (i)
-)
+FROM records
 """
 
 READINGS = "INSERT INTO readings_sink SELECT k, v FROM counted WHERE seen = 1"
@@ -175,7 +171,7 @@ def attach(env: StreamExecutionEnvironment, settings: Settings) -> None:
     raw = env.from_source(_source(settings), WatermarkStrategy.no_watermarks(), "raw-topic").uid(
         "raw-topic-source"
     )
-    split = raw.process(F.SplitMessage(settings.kafka.raw_topic), output_type=F.RECORD_TYPE).name(
+    split = raw.process(F.SplitMessage(settings.kafka.raw_topic), output_type=F.READING_TYPE).name(
         "split-validate"
     )
 
