@@ -165,8 +165,8 @@ WHERE seen = 1 AND CURRENT_WATERMARK(rowtime) IS NOT NULL
 def attach(env: StreamExecutionEnvironment, settings: Settings) -> None:
     """Add the whole topology (source, split, SQL, the three keyed Kafka sinks) to ``env``.
 
-    Everything after the split is one statement set, planned together, so the
-    ``counted`` view (its dedupe state) exists once for the three sinks."""
+    The dedupe is planned once and handed to the three statements as a stream, so its
+    state exists once; the statements are one set, attached to ``env``'s job."""
     # A stable uid: a restart maps the checkpointed source offsets back onto it.
     raw = env.from_source(_source(settings), WatermarkStrategy.no_watermarks(), "raw-topic").uid(
         "raw-topic-source"
