@@ -108,7 +108,8 @@ def kafka_properties(kafka: KafkaSettings) -> dict[str, str]:
     return props
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
+    """A SQL string literal of ``text``."""
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -134,5 +135,5 @@ def sink_ddl(table: str, topic: str, settings: Settings, name: str) -> str:
         options["properties.transaction.timeout.ms"] = str(TRANSACTION_TIMEOUT_MS)
     for key, value in kafka_properties(settings.kafka).items():
         options[f"properties.{key}"] = value
-    body = ",\n  ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in options.items())
+    body = ",\n  ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in options.items())
     return f"CREATE TEMPORARY TABLE {table} (k STRING, v STRING) WITH (\n  {body}\n)"

@@ -27,7 +27,7 @@ READING_TYPE = Types.ROW_NAMED(
 DEAD_LETTERS = OutputTag("dead-letters", KV_TYPE)
 
 
-def _letter(letter: DeadLetter) -> Row:
+def _letter(letter: DeadLetter) -> tuple[OutputTag, Row]:
     return DEAD_LETTERS, Row(*T.letter_row(letter))
 
 

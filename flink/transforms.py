@@ -35,6 +35,7 @@ from aircast.records import (
     Rejection,
     split_record,
 )
+from flink.config import sql_string
 
 STAGE = "flink"
 
@@ -111,10 +112,6 @@ def event_time_ms(reading: Reading) -> int:
 # field added to Aggregate or DeadLetter cannot be forgotten (ValueError at start).
 
 
-def _sql_text(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _json_object_sql(cls: type, exprs: Mapping[str, str]) -> str:
     missing = [f.name for f in fields(cls) if f.name not in exprs]
     if missing:
@@ -142,15 +139,15 @@ def letter_json_sql(reason: str, key: str, reading: str, ts_ms: str, lateness_s:
             " arrived after its 10-minute window closed "
             f"(allowed lateness {lateness_s} s); not in the aggregate"
         )
-        detail = f"CONCAT({key}, ' at ', {_feed_time_sql(ts_ms)}, {_sql_text(tail)})"
+        detail = f"CONCAT({key}, ' at ', {_feed_time_sql(ts_ms)}, {sql_string(tail)})"
         values = 0
     else:
         raise ValueError(f"the job's SQL writes no {reason!r} letters")
     return _json_object_sql(
         DeadLetter,
         {
-            "stage": _sql_text(STAGE),
-            "reason": _sql_text(reason),
+            "stage": sql_string(STAGE),
+            "reason": sql_string(reason),
             "detail": detail,
             "payload": reading,
             "key": key,
