@@ -219,11 +219,14 @@ def test_influxd_restarted_mid_stream(ray_session: Settings) -> None:
     producer_thread = threading.Thread(
         target=produce_stream,
         args=(settings, readings, [], []),
-        kwargs={"pause_s": 0.3},
+        # ~12 s of stream: influxd must stop while readings still come (it once stopped
+        # after the last was written, on a loaded machine, and no write failed).
+        kwargs={"chunks": 40, "pause_s": 0.3},
         daemon=True,
     )
     producer_thread.start()
     wait_for_points(settings, 500)
+    assert producer_thread.is_alive(), "the stream ended before influxd was stopped"
     influxd = control.status(ray_session)["influxdb"]["pid"]
     os.kill(influxd, signal.SIGSTOP)  # hung: writes time out
     time.sleep(4)
