@@ -275,6 +275,34 @@ class Reading:
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidRecord(UNDECODABLE, f"not a reading: {exc}") from exc
 
+    @staticmethod
+    def line_of_json(data: bytes | str) -> tuple[str, int]:
+        """A readings-topic message straight to ``(line, timestamp)``: the collector's
+        hot path. The same as ``Reading.from_json(data).line()`` (and the same
+        :class:`InvalidRecord`), about 3 times faster: building the frozen Reading cost
+        more than decoding the JSON, so the tags are checked and formatted once per
+        sensor and measure instead, and only the value and time per message."""
+        try:
+            d = orjson.loads(data)
+            timestamp = int(d["timestamp"])
+            prefix = _checked_reading_prefix(
+                d["measure"],
+                d["sensor_id"],
+                d["sensor_type"],
+                d["location_id"],
+                d["city"],
+                d["country"],
+                d["country_code"],
+                d["latitude"],
+                d["longitude"],
+            )
+            return f"{prefix}{_float(d['value'])} {timestamp}", timestamp
+        except (ValueError, KeyError, TypeError):
+            # Anything odd (a missing field, a string id, an unhashable tag) takes the
+            # full decode: it accepts exactly what from_json accepts, or raises its error.
+            reading = Reading.from_json(data)
+            return reading.line(), reading.timestamp
+
     def line(self) -> str:
         """Line protocol for the raw database: one point per value, at its own time."""
         prefix = _reading_prefix(
@@ -511,6 +539,34 @@ def _reading_prefix(
     measure, so built once (the collector writes every reading through here)."""
     tags = _tagset(sensor_id, sensor_type, location_id, city, country, country_code)
     return f"{_measurement(measure)}{tags} lat={_float(latitude)},lon={_float(longitude)},value="
+
+
+# typed: 1 and 1.0 (or "1") are different keys, so a hit was converted like the message.
+@lru_cache(maxsize=200_000, typed=True)
+def _checked_reading_prefix(
+    measure: Any,
+    sensor_id: Any,
+    sensor_type: Any,
+    location_id: Any,
+    city: Any,
+    country: Any,
+    country_code: Any,
+    latitude: Any,
+    longitude: Any,
+) -> str:
+    """:func:`_reading_prefix` of a message's raw fields, converted as
+    :meth:`Reading.from_dict` converts them (ValueError/TypeError when it would fail)."""
+    return _reading_prefix(
+        str(measure),
+        int(sensor_id),
+        str(sensor_type),
+        int(location_id),
+        str(city),
+        str(country),
+        str(country_code),
+        float(latitude),
+        float(longitude),
+    )
 
 
 @lru_cache(maxsize=200_000)

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from influxdb_client import Point, WritePrecision
 
@@ -193,3 +194,54 @@ def test_line_protocol_matches_influxdb_client_point(city: str, value: float) ->
         },
         agg.window_start,
     )
+
+
+def _odd_messages(base: dict[str, Any]) -> list[bytes]:
+    """A reading as JSON, then variants from_dict converts (or refuses) its own way."""
+    variants: list[dict[str, Any]] = [base]
+    for field, value in [
+        ("sensor_id", "468"),  # a numeric string: converted
+        ("sensor_id", 468.0),  # a float id: converted, must not share 468's cache entry
+        ("sensor_id", True),  # a bool: int(True)
+        ("city", 1),  # a number where text is expected: str() ...
+        ("city", 1.0),  # ... equal to 1 but "1.0": must not hit 1's cache entry
+        ("city", True),  # ... and "True"
+        ("city", ["a"]),  # unhashable: the fast path cannot cache it, the full decode can
+        ("latitude", "57.1"),
+        ("value", "12.5"),
+        ("value", "high"),  # not a number
+        ("timestamp", "1555424572"),
+        ("timestamp", 1555424572.9),
+        ("timestamp", None),
+        ("sensor_id", None),
+        ("measure", None),
+    ]:
+        variants.append({**base, field: value})
+    missing = dict(base)
+    del missing["country"]
+    variants.append(missing)
+    return [json.dumps(v).encode() for v in variants] + [b"{not json", b"[]", b"null", b'"x"']
+
+
+def test_line_of_json_is_from_json_then_line() -> None:
+    """The collector's fast path gives the same line, time and error as the full decode,
+    also for messages the full decode converts or refuses in its own way."""
+    reading = next(o for o in R.split_record(good()) if isinstance(o, R.Reading))
+    messages = _odd_messages(orjson.loads(reading.to_json()))
+    outcomes = []
+    for message in messages * 2:  # the second pass goes through the warm cache
+        try:
+            full = R.Reading.from_json(message)
+            expected: tuple[str, int] | str = (full.line(), full.timestamp)
+        except InvalidRecord as exc:
+            expected = exc.reason
+        try:
+            got: tuple[str, int] | str = R.Reading.line_of_json(message)
+        except InvalidRecord as exc:
+            got = exc.reason
+        assert got == expected, message
+        outcomes.append(got)
+    assert outcomes[0] == (reading.line(), reading.timestamp)
+    # The variants do exercise both sides: some converted, some refused.
+    assert sum(isinstance(o, tuple) for o in outcomes) >= 14
+    assert sum(o == R.UNDECODABLE for o in outcomes) >= 10
