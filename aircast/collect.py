@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol
 
 import confluent_kafka
 from confluent_kafka import OFFSET_STORED, TopicPartition
@@ -57,30 +57,25 @@ from aircast.settings import Settings
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class Pending:
-    """A point waiting for its batch, with the message it came from (for dead letters:
-    built only when one is needed; this is per point on the hot path)."""
+class Origin(Protocol):
+    """Where a point came from: the Kafka message itself (confluent-kafka's Message),
+    kept beside its line instead of copying its fields into a new object per point;
+    read only when the point becomes a dead letter."""
 
-    line: str
-    payload: bytes
-    key: bytes | None
-    topic: str
-    partition: int
-    offset: int
-
-    @property
-    def source(self) -> str:
-        return source_of(self.topic, self.partition, self.offset)
-
-    @property
-    def text_key(self) -> str | None:
-        return self.key.decode(errors="replace") if self.key else None
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
 
 
-def source_of(topic: str, partition: int, offset: int) -> str:
+def source_of(topic: str | None, partition: int | None, offset: int | None) -> str:
     """Where a dead letter's message was: ``topic/partition/offset`` (for the audit)."""
     return f"{topic}/{partition}/{offset}"
+
+
+def _text_key(key: bytes | None) -> str | None:
+    return key.decode(errors="replace") if key else None
 
 
 class InfluxSink:
@@ -91,22 +86,28 @@ class InfluxSink:
         influx: InfluxV1,
         database: str,
         batch_size: int,
-        on_rejected: Callable[[Pending, str], None],
+        on_rejected: Callable[[Origin, str], None],
     ) -> None:
         self.influx = influx
         self.database = database
         self.batch_size = batch_size
         self.on_rejected = on_rejected
-        self.buffer: list[Pending] = []
+        # Two parallel lists, not a list of pairs: no object built per point.
+        self.lines: list[str] = []
+        self.origins: list[Origin] = []
 
-    def add(self, pending: Pending) -> None:
-        self.buffer.append(pending)
+    def __len__(self) -> int:
+        return len(self.lines)
 
-    def write(self, batch: list[Pending]) -> int:
+    def add(self, line: str, origin: Origin) -> None:
+        self.lines.append(line)
+        self.origins.append(origin)
+
+    def write(self, lines: list[str], origins: list[Origin]) -> int:
         """One HTTP write; a 400 is narrowed down to the points InfluxDB refuses.
         Returns how many points InfluxDB took."""
         try:
-            self.influx.write([p.line for p in batch], self.database, precision="s")
+            self.influx.write(lines, self.database, precision="s")
         except BackpressureError:
             raise
         except StorageError as exc:
@@ -118,22 +119,23 @@ class InfluxSink:
                     "influx dropped points beyond retention db=%s detail=%s", self.database, exc
                 )
                 return 0
-            if len(batch) == 1:
-                self.on_rejected(batch[0], str(exc))
+            if len(lines) == 1:
+                self.on_rejected(origins[0], str(exc))
                 return 0
-            mid = len(batch) // 2
-            return self.write(batch[:mid]) + self.write(batch[mid:])
-        return len(batch)
+            mid = len(lines) // 2
+            return self.write(lines[:mid], origins[:mid]) + self.write(lines[mid:], origins[mid:])
+        return len(lines)
 
     def flush(self) -> int:
         """Write everything buffered, in batches (what was written leaves the buffer, so
         a failed flush retried later writes only the rest); returns the number of points
         InfluxDB took."""
         written = 0
-        while self.buffer:
-            batch = self.buffer[: self.batch_size]
-            written += self.write(batch)
-            del self.buffer[: len(batch)]
+        while self.lines:
+            n = self.batch_size
+            written += self.write(self.lines[:n], self.origins[:n])
+            del self.lines[:n]
+            del self.origins[:n]
         return written
 
 
@@ -164,6 +166,11 @@ class Collector:
         cfg = settings.collect
         self.consumer = consumer or fast_consumer(settings.kafka, cfg.group_id)
         self.tps = [TopicPartition(t, p) for t, p in partitions]
+        # End and committed offsets (lag, a one-shot run's floors) are asked through a
+        # client of their own that never fetches: on the consuming client each query
+        # waits behind a fetch's long poll on the broker connection (up to
+        # fetch.wait.max.ms, 500 ms, per partition: measured, 2 s per lag report).
+        self.offsets = fast_consumer(settings.kafka, cfg.group_id)
         # Each partition starts at the group's committed offset (earliest if none).
         self.consumer.assign([TopicPartition(t, p, OFFSET_STORED) for t, p in partitions])
         # Next offset to read per partition, as taken by this collector: what is
@@ -193,6 +200,7 @@ class Collector:
             settings.kafka.readings_topic: duration_seconds(s.raw_retention),
             settings.kafka.aggregates_topic: duration_seconds(s.aggregates_retention),
         }
+        self.readings_topic = settings.kafka.readings_topic
         self.stats = CollectStats()
         self.stopping = False
         self._last_flush = time.monotonic()
@@ -201,48 +209,50 @@ class Collector:
 
     def close(self) -> None:
         self.consumer.close()  # auto-commit is off: closing commits nothing
+        self.offsets.close()
         self.producer.close()
         self.influx.close()
 
     # -- per message ---------------------------------------------------------------
 
-    def _rejected(self, pending: Pending, reason_detail: str) -> None:
+    def _rejected(self, origin: Origin, reason_detail: str) -> None:
+        source = source_of(origin.topic(), origin.partition(), origin.offset())
         self.dead.add(
             STORAGE_REJECTED,
             reason_detail,
-            pending.payload,
-            key=pending.text_key,
-            source=pending.source,
+            origin.value() or b"",
+            key=_text_key(origin.key()),
+            source=source,
         )
-        self.stats.rejected[STORAGE_REJECTED] = self.stats.rejected.get(STORAGE_REJECTED, 0) + 1
+        self._count_rejected(STORAGE_REJECTED)
 
-    def take(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-    ) -> None:
+    def take(self, message: Origin, topic: str, now: float) -> None:
+        """One message (not an error event) of ``topic`` to its sink, or to the dead
+        letters; ``now`` is the wall clock for the retention check."""
+        value = message.value()
         if value is None:  # a tombstone: nothing to decode, kept as a dead letter
-            self._dead(UNDECODABLE, "null value", b"", key, source_of(topic, partition, offset))
+            self._dead(UNDECODABLE, "null value", b"", message)
             return
         try:
-            point: Reading | Aggregate = (
-                Reading.from_json(value)
-                if topic == self.settings.kafka.readings_topic
-                else Aggregate.from_json(value)
-            )
+            if topic == self.readings_topic:
+                line, when = Reading.line_of_json(value)
+            else:
+                aggregate = Aggregate.from_json(value)
+                line, when = aggregate.line(), aggregate.window_start
         except InvalidRecord as exc:
-            self._dead(exc.reason, exc.detail, value, key, source_of(topic, partition, offset))
+            self._dead(exc.reason, exc.detail, value, message)
             return
-        when = point.timestamp if isinstance(point, Reading) else point.window_start
         keep = self.retention[topic]
-        if keep is not None and when < time.time() - keep:
+        if keep is not None and when < now - keep:
             detail = f"time {when} older than {keep}s retention"
-            self._dead(BEYOND_RETENTION, detail, value, key, source_of(topic, partition, offset))
+            self._dead(BEYOND_RETENTION, detail, value, message)
             return
-        self.sinks[topic].add(Pending(point.line(), value, key, topic, partition, offset))
+        self.sinks[topic].add(line, message)
 
-    def _dead(self, reason: str, detail: str, value: bytes, key: bytes | None, source: str) -> None:
+    def _dead(self, reason: str, detail: str, value: bytes, origin: Origin) -> None:
         self._count_rejected(reason)
-        text_key = key.decode(errors="replace") if key else None
-        self.dead.add(reason, detail, value, key=text_key, source=source)
+        source = source_of(origin.topic(), origin.partition(), origin.offset())
+        self.dead.add(reason, detail, value, key=_text_key(origin.key()), source=source)
 
     def _count_rejected(self, reason: str) -> None:
         self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
@@ -251,7 +261,7 @@ class Collector:
 
     @property
     def buffered(self) -> int:
-        return sum(len(s.buffer) for s in self.sinks.values())
+        return sum(len(s) for s in self.sinks.values())
 
     def poll_once(self) -> int:
         # librdkafka's batch consume waits for the whole count or the timeout, so take
@@ -261,16 +271,18 @@ class Collector:
             messages = self.consumer.consume(num_messages=1, timeout=0.2)
         n = 0
         positions = self.positions
+        now = time.time()  # one clock read per poll for the retention check
+        take = self.take
         for m in messages:
             error = m.error()
             if error is not None:
                 # Transient broker/partition conditions; librdkafka retries by itself.
                 log.warning("kafka consume error: %s", error)
                 continue
+            topic, partition, offset = m.topic(), m.partition(), m.offset()
             # Set on every message without an error (typed Optional for error events).
-            topic, partition = cast(str, m.topic()), cast(int, m.partition())
-            offset = cast(int, m.offset())
-            self.take(topic, partition, offset, m.key(), m.value())
+            assert topic is not None and partition is not None and offset is not None
+            take(m, topic, now)
             positions[(topic, partition)] = offset + 1
             n += 1
         self.stats.messages += n
@@ -346,11 +358,11 @@ class Collector:
     def _floors(self) -> dict[tuple[str, int], int]:
         """End offset at the start of each partition with something left to read."""
         committed = {
-            (c.topic, c.partition): c.offset for c in self.consumer.committed(self.tps, timeout=10)
+            (c.topic, c.partition): c.offset for c in self.offsets.committed(self.tps, timeout=10)
         }
         floors: dict[tuple[str, int], int] = {}
         for tp in self.tps:
-            low, end = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            low, end = self.offsets.get_watermark_offsets(tp, timeout=10, cached=False)
             if end > max(committed.get((tp.topic, tp.partition), -1), low):
                 floors[(tp.topic, tp.partition)] = end
         return floors
@@ -367,13 +379,13 @@ class Collector:
         unknown = [tp for tp in self.tps if (tp.topic, tp.partition) not in self.positions]
         start = {
             (c.topic, c.partition): max(c.offset, 0)
-            for c in (self.consumer.committed(unknown, timeout=10) if unknown else [])
+            for c in (self.offsets.committed(unknown, timeout=10) if unknown else [])
         }
         lag: dict[str, int] = {}
         for tp in self.tps:
             key = (tp.topic, tp.partition)
             at = self.positions.get(key, start.get(key, 0))
-            _, end = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            _, end = self.offsets.get_watermark_offsets(tp, timeout=10, cached=False)
             behind = max(0, end - at)  # tansu's end offset can trail commits: clamp at 0
             lag[tp.topic] = lag.get(tp.topic, 0) + behind
         self.stats.lag = lag

@@ -382,3 +382,46 @@ def test_pipeline_status_shows_lag_until_the_collector_commits(stack_settings: S
     assert (after.collector_lag, after.flink_lag) == (0, 5)
     assert (after.raw_points_1h, after.aggregate_points_1h) == (len(readings), 0)
     assert f"flink_lag=5 collector_lag=0 influx_points_1h={len(readings)}" in after.line()
+
+
+def test_the_lag_report_is_exact_and_does_not_stall_a_caught_up_collector(
+    stack_settings: Settings,
+) -> None:
+    """The lag a collector reports (every few seconds, from inside its loop) counts what
+    it has not taken, per topic, and answers at once also when its partitions are idle:
+    asked on the consuming connection, each partition's query waited behind a fetch's
+    long poll (3.8 s for these 8 partitions), stalling the loop that often."""
+    from aircast.collect import Collector
+
+    settings = fresh(stack_settings)
+    k = settings.kafka
+    first, second = make_readings(3, 2, seed=12), make_readings(2, 2, seed=13)
+
+    def produce_one_per_batch(readings: list[Reading]) -> None:
+        # One record per batch: tansu's end offset is the last batch's base offset + 1.
+        p = producer(k)
+        for r in readings:
+            p.send(k.readings_topic, key=r.key.encode(), value=r.to_json())
+            p.flush()
+        p.close()
+
+    produce_one_per_batch(first)
+    parts = [(k.readings_topic, n) for n in range(4)] + [(k.aggregates_topic, n) for n in range(4)]
+    collector = Collector(settings, parts)
+    try:
+        assert collector.update_lag() == {k.readings_topic: len(first), k.aggregates_topic: 0}
+        collector.run(until_idle_s=1)
+        # Caught up: every fetch now long-polls an idle partition.
+        for _ in range(3):
+            collector.poll_once()
+            t0 = time.monotonic()
+            lag = collector.update_lag()
+            assert time.monotonic() - t0 < 1.0
+            assert lag == {k.readings_topic: 0, k.aggregates_topic: 0}
+        produce_one_per_batch(second)
+        assert collector.update_lag() == {k.readings_topic: len(second), k.aggregates_topic: 0}
+        collector.run(until_idle_s=1)
+        assert collector.update_lag() == {k.readings_topic: 0, k.aggregates_topic: 0}
+        assert collector.stats.points[settings.influx.raw_database] == len(first) + len(second)
+    finally:
+        collector.close()
