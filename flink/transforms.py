@@ -158,18 +158,36 @@ def letter_json_sql(reason: str, key: str, reading: str, ts_ms: str, lateness_s:
     )
 
 
-# What JSON_VALUE can return (no BIGINT; ids fit in INTEGER).
-_SQL_TYPES = {"int": "INTEGER", "float": "DOUBLE", "str": "STRING"}
-
-
 def aggregate_json_sql(latest: str, figures: Mapping[str, str]) -> str:
-    """SQL for an :class:`~aircast.records.Aggregate`'s JSON: each field from ``figures``
-    (field → SQL expression), or else from the JSON of the window's latest reading
-    (column ``latest``: the sensor and its place)."""
-    reading = {f.name: str(f.type) for f in fields(Reading)}
-    exprs = dict(figures)
-    for f in fields(Aggregate):
-        if f.name not in exprs and reading.get(f.name) in _SQL_TYPES:
-            sql_type = _SQL_TYPES[reading[f.name]]
-            exprs[f.name] = f"JSON_VALUE({latest}, '$.{f.name}' RETURNING {sql_type})"
-    return _json_object_sql(Aggregate, exprs)
+    """SQL for an :class:`~aircast.records.Aggregate`'s JSON: the sensor and its place
+    from the JSON text of the window's latest reading (column ``latest``), the window's
+    figures from ``figures`` (field → numeric SQL expression).
+
+    The Aggregate's leading fields are the Reading's leading fields, in the same order
+    (checked here): they are cut from the reading's JSON text up to its first other key,
+    not parsed. Parsing it with ``JSON_VALUE`` once per field and writing the result
+    with ``JSON_OBJECT`` was a tenth of the job's Java CPU samples (JFR, bench-flink);
+    the window task's share fell from 22 % to 9 %. It also copies ids as they are
+    (``JSON_VALUE`` has no BIGINT). The cut is safe: inside a JSON string every ``"`` is
+    escaped, so ``,"<key>":`` only appears as a key.
+    """
+    reading = [f.name for f in fields(Reading)]
+    aggregate = [f.name for f in fields(Aggregate)]
+    shared = 0
+    while shared < min(len(reading), len(aggregate)) and reading[shared] == aggregate[shared]:
+        shared += 1
+    rest = aggregate[shared:]
+    if not shared or shared == len(reading) or set(rest) & set(reading):
+        raise ValueError(
+            f"Aggregate fields {aggregate} do not start with Reading's sensor and place "
+            f"fields in Reading's order {reading}"
+        )
+    missing = [name for name in rest if name not in figures]
+    if missing:
+        raise ValueError(f"no SQL for Aggregate fields {missing}")
+    marker = sql_string(f',"{reading[shared]}":')
+    parts = [f"SUBSTRING({latest} FROM 1 FOR POSITION({marker} IN {latest}) - 1)"]
+    for name in rest:
+        parts += [sql_string(f',"{name}":'), f"CAST({figures[name]} AS STRING)"]
+    parts.append("'}'")
+    return f"CONCAT({', '.join(parts)})"
