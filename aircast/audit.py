@@ -1,7 +1,11 @@
 """Conservation audit: every record that entered is in InfluxDB (as its readings) or in
 the dead-letter topic with a reason, for a span of time.
 
-What is counted, per stage, for the raw-topic records stamped in [since, until]:
+What is counted, per stage, for the raw-topic records stamped in [since, until]. The
+ingest stamps each raw message with its record's measurement time (the Flink job's
+watermarks come from it), so the span is one of measurement times; every later message
+about a record (its readings, its dead letters) is written after it was measured, so
+each topic is read from ``since`` on:
 
 * **raw topic** — records and the values they carry. Each record is split again with the
   domain's own :func:`~aircast.records.split_record` (the function the Flink job runs), so
@@ -289,7 +293,7 @@ def _points(
 
 
 def run_audit(settings: Settings, since: float, until: float | None = None) -> Audit:
-    """Audit the raw-topic records stamped in [since, until] (until: now)."""
+    """Audit the raw-topic records stamped (measured) in [since, until] (until: now)."""
     started = time.monotonic()
     audit = Audit(since=since, until=until if until is not None else time.time())
     read_raw(settings, audit)

@@ -197,8 +197,15 @@ class Ingestor:
             enriched = dict(raw)
             enriched["place"] = place.to_dict() if place else {}
             value = json.dumps(enriched, ensure_ascii=False, separators=(",", ":")).encode()
+            # The message timestamp is the measurement time: the Flink job makes its
+            # watermarks from it, per partition (and the audit's span is in it).
             futures.append(
-                self.producer.send(topic, key=str(record.sensor_id).encode(), value=value)
+                self.producer.send(
+                    topic,
+                    key=str(record.sensor_id).encode(),
+                    value=value,
+                    timestamp_ms=record.timestamp * 1000,
+                )
             )
         self.producer.flush()
         for future in futures:

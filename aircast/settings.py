@@ -190,6 +190,12 @@ class FlinkSettings(BaseModel):
     # readings for a window after that are ``late``.
     watermark_out_of_orderness_s: int = Field(default=300, ge=0)
     allowed_lateness_s: int = Field(default=600, ge=0)
+    # The watermark is kept per raw partition (from the message timestamps: the
+    # measurement times the ingest sets) and the job's is the least of them, so a
+    # partition read ahead of the others cannot make their readings late. A partition
+    # with nothing new for this long stops holding it back (live, every partition idles
+    # between snapshots).
+    idle_partition_s: int = Field(default=30, ge=1)
     restart_attempts: int = Field(default=10, ge=0)
     restart_delay_ms: int = Field(default=2_000, ge=0)
     # A (sensor, measure, timestamp) seen again within this long is a duplicate. The

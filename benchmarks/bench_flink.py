@@ -169,7 +169,9 @@ def main() -> None:
         messages, values = records(stack, args.records, args.interval)
         prod = producer(job.kafka)
         for m in messages:
-            prod.send(job.kafka.raw_topic, value=m)
+            # Stamped with the measurement time, as the ingest does (the job's watermarks).
+            at = R.parse_timestamp(json.loads(m)["timestamp"]) * 1000
+            prod.send(job.kafka.raw_topic, value=m, timestamp_ms=at)
         prod.flush()
         prod.close()
         readings = len(

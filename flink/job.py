@@ -8,8 +8,9 @@ process's pipe, so even ``kill -9`` leaves no JVM behind).
 Topology (parallelism ``flink.parallelism``; see :mod:`flink.topology`)::
 
     raw topic → KafkaSource → SplitMessage (Python) ─(rejections)─────────→ dead-letter topic
+      (watermarks per raw partition, from the message timestamps)
       → one row per valid value: event time, reading key, JSON, value
-      → Flink SQL: watermarks; count per (reading key, event time)
+      → Flink SQL: count per (reading key, event time)
           ├─ first seen ──────────────────────────────────────────────────→ readings topic
           ├─ seen again (``duplicate``); behind a fired window (``late``) ─→ dead-letter topic
           └─ 10-minute tumbling windows (mean, min, max, count) ─────────→ aggregates topic
@@ -34,8 +35,12 @@ measure is data (key and value), checked by tests.
 (the SQL state's TTL) goes to the dead-letter topic (``duplicate``), never to the
 readings or the aggregates.
 
-**Windows**: tumbling 10-minute event-time windows per sensor and measure. Flink SQL's
-windows fire once, so the watermark trails the newest reading by
+**Windows**: tumbling 10-minute event-time windows per sensor and measure. The
+watermarks are made in the source, per raw partition, from the message timestamps (the
+ingest stamps each record with its measurement time), and the job's is the least of
+them (a partition idle ``flink.idle_partition_s`` stops holding it back): a backlog read
+one partition ahead of another makes nothing late. Flink SQL's windows fire once, so
+each partition's watermark trails its newest record by
 ``flink.watermark_out_of_orderness_s`` *plus* ``flink.allowed_lateness_s``: a window
 waits for its late readings and its one aggregate is final (no early result followed by
 corrections). A reading for a window that already fired is delivered as a reading and

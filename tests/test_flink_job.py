@@ -99,7 +99,7 @@ class Job:
 
 
 def job_settings(
-    stack: Settings, tmp_path: Path, delivery: str, interval_ms: int
+    stack: Settings, tmp_path: Path, delivery: str, interval_ms: int, raw_partitions: int = 1
 ) -> tuple[Settings, Path]:
     name = unique("flink")
     overlay: dict[str, Any] = {
@@ -127,7 +127,7 @@ def job_settings(
     settings = stack.model_copy(
         update={"kafka": kafka, "flink": stack.flink.model_copy(update=overlay["flink"])}
     )
-    ensure_topics(kafka.model_copy(update={"partitions": 1}), [kafka.raw_topic])
+    ensure_topics(kafka.model_copy(update={"partitions": raw_partitions}), [kafka.raw_topic])
     ensure_topics(kafka, [kafka.readings_topic, kafka.aggregates_topic, kafka.dead_letter_topic])
     return settings, config
 
@@ -190,12 +190,26 @@ def feed_record(sensor: int, ts: int, values: dict[str, str], indoor: int = 0) -
     }
 
 
-def produce(settings: Settings, messages: list[dict[str, Any] | str]) -> None:
+def produce(
+    settings: Settings, messages: list[dict[str, Any] | str], partition: int | None = None
+) -> None:
+    """As the ingest produces: the message timestamp is the record's measurement time
+    (the job's watermarks come from it); a message without one keeps the time of the
+    one before it (the ingest never produces those; here they test the job's letters)."""
     prod = producer(settings.kafka)
+    at_ms: int | None = None
     for m in messages:
         value = m if isinstance(m, str) else json.dumps(m)
         key = str(m["sensor"]["id"]) if isinstance(m, dict) else "unknown"
-        prod.send(settings.kafka.raw_topic, key=key.encode(), value=value.encode())
+        if isinstance(m, dict) and "timestamp" in m:
+            at_ms = R.parse_timestamp(m["timestamp"]) * 1000
+        prod.send(
+            settings.kafka.raw_topic,
+            key=key.encode(),
+            value=value.encode(),
+            timestamp_ms=at_ms,
+            partition=partition,
+        )
     prod.flush()
     prod.close()
 
@@ -345,6 +359,52 @@ def test_job_splits_dedupes_aggregates_and_dead_letters(
         for (k, _), a in zip(seen["aggregates"], aggs, strict=True)
     )
     assert "flink job starting" in job.text() and "flink job cancelled" in job.text()
+
+
+def test_a_backlog_on_several_partitions_makes_no_reading_late(
+    stack_settings: Settings, tmp_path: Path, topics_of: Callable[[Settings], dict[str, Topic]]
+) -> None:
+    """Six hours of two sensors waiting on two raw partitions when the job starts (a
+    restart after downtime): the job reads them a fetch at a time, one partition's
+    records after the other's. The watermark is each partition's own, the least going
+    on, so nothing is late and every window counts all four of its readings. (With one
+    watermark after the split, in arrival order, the first partition's six hours made
+    the second's readings late.)"""
+    settings, config = job_settings(stack_settings, tmp_path, "at-least-once", 2000, 2)
+    hours, step = 6, 150
+    for partition, sensor in enumerate((201, 202)):
+        records: list[dict[str, Any] | str] = [
+            feed_record(sensor, BASE + t, {"P1": f"{10 + t % 7}", "P2": "5"})
+            for t in range(0, hours * 3600, step)
+        ]
+        # An hour later: moves this partition's watermark past the last window.
+        records.append(feed_record(sensor, BASE + (hours + 1) * 3600, {"P1": "1"}))
+        produce(settings, records, partition=partition)
+    windows = hours * 3600 // R.AGGREGATE_WINDOW_S
+    readings = 2 * (hours * 3600 // step * 2 + 1)
+    topics = topics_of(settings)
+    job = Job(settings, config, tmp_path / "job.log")
+    job.start()
+    try:
+        wait_for(
+            topics,
+            lambda s: len(s["aggregates"]) >= 2 * 2 * windows and len(s["readings"]) >= readings,
+            job,
+            START_TIMEOUT_S,
+        )
+        seen = settle(topics, 4)
+    finally:
+        code = job.stop() if job.proc and job.proc.poll() is None else None
+    assert code == 0, job.text()[-3000:]
+    assert len(seen["readings"]) == readings
+    letters = [R.DeadLetter.from_json(v) for _, v in seen["dead"]]
+    assert Counter(d.reason for d in letters) == {}, letters[:3]
+    aggs = [R.Aggregate.from_json(v) for _, v in seen["aggregates"]]
+    assert len(aggs) == 2 * 2 * windows
+    assert Counter(a.count for a in aggs) == {R.AGGREGATE_WINDOW_S // step: len(aggs)}
+    assert {(a.sensor_id, a.measure) for a in aggs} == {
+        (s, m) for s in (201, 202) for m in ("P1", "P2")
+    }
 
 
 def test_killed_job_resumes_from_checkpoint_without_loss_or_repeats(
