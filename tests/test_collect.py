@@ -23,7 +23,7 @@ from aircast.errors import StorageError
 from aircast.influx import InfluxV1
 from aircast.kafka import ensure_topics, producer
 from aircast.records import Aggregate, DeadLetter, Reading
-from aircast.settings import Settings
+from aircast.settings import KafkaSettings, Settings
 from aircast.stack import control
 
 from .conftest import unique
@@ -332,6 +332,19 @@ def test_a_new_collector_resumes_after_the_last_commit(stack_settings: Settings)
     assert len(distinct_points(settings, settings.influx.raw_database)) == len(first) + len(second)
 
 
+def send_one_per_batch(
+    kafka: KafkaSettings, topic: str, messages: list[tuple[bytes, bytes]]
+) -> None:
+    """Each message in a batch of its own: tansu answers "latest" with the last batch's
+    base offset + 1, so a batch of several records would show as one in a lag (real
+    Kafka: the true end)."""
+    p = producer(kafka)
+    for key, value in messages:
+        p.send(topic, key=key, value=value)
+        p.flush()
+    p.close()
+
+
 def test_pipeline_status_shows_lag_until_the_collector_commits(stack_settings: Settings) -> None:
     """What `make run` prints: messages per topic, the collectors' lag (what they have
     not committed) and the Flink job's (raw records past its group's offsets), and the
@@ -352,16 +365,8 @@ def test_pipeline_status_shows_lag_until_the_collector_commits(stack_settings: S
     readings = [
         replace(r, timestamp=now - 600 + i) for i, r in enumerate(make_readings(3, 4, seed=11))
     ]
-    # One record per batch: tansu answers "latest" with the last batch's base offset
-    # + 1, so a batch of several records would show as one (real Kafka: the true end).
-    p = producer(k)
-    for r in readings:
-        p.send(k.readings_topic, key=r.key.encode(), value=r.to_json())
-        p.flush()
-    for i in range(5):
-        p.send(k.raw_topic, key=str(i).encode(), value=b"{}")
-        p.flush()
-    p.close()
+    send_one_per_batch(k, k.readings_topic, [(r.key.encode(), r.to_json()) for r in readings])
+    send_one_per_batch(k, k.raw_topic, [(str(i).encode(), b"{}") for i in range(5)])
 
     def settled(want: Callable[[Any], bool]) -> Any:
         deadline = time.monotonic() + 15
@@ -398,12 +403,7 @@ def test_the_lag_report_is_exact_and_does_not_stall_a_caught_up_collector(
     first, second = make_readings(3, 2, seed=12), make_readings(2, 2, seed=13)
 
     def produce_one_per_batch(readings: list[Reading]) -> None:
-        # One record per batch: tansu's end offset is the last batch's base offset + 1.
-        p = producer(k)
-        for r in readings:
-            p.send(k.readings_topic, key=r.key.encode(), value=r.to_json())
-            p.flush()
-        p.close()
+        send_one_per_batch(k, k.readings_topic, [(r.key.encode(), r.to_json()) for r in readings])
 
     produce_one_per_batch(first)
     parts = [(k.readings_topic, n) for n in range(4)] + [(k.aggregates_topic, n) for n in range(4)]
