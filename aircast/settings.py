@@ -210,6 +210,11 @@ class FlinkSettings(BaseModel):
     local_heap_mb: int = Field(default=3072, ge=256)
     # The mini-cluster's own log files (JVM, Python workers).
     log_dir: Path = Path(".aircast/flink/log")
+    # The local JVM's temporary files (java.io.tmpdir: the table planner's 43 MB jar,
+    # extracted at every start, the mini-cluster's blobs and caches). The JVM deletes
+    # them only when it exits cleanly; a stopped or killed job left them in /tmp. One
+    # job per folder: it is emptied when the job starts.
+    tmp_dir: Path = Path(".aircast/flink/tmp")
     # Python functions inside the JVM's threads ("thread", PyFlink's embedded
     # interpreter: no gRPC bundles, ~1.7x the job's throughput here) or in a separate
     # worker process ("process").

@@ -46,9 +46,10 @@ def identity_job(config: Path) -> int:
 
     from flink.config import flink_configuration, sink_ddl
     from flink.functions import KV_TYPE
+    from flink.job import local_jvm
     from flink.topology import _source, environment
 
-    settings = load_settings(config)
+    settings = local_jvm(load_settings(config))  # the job's JVM options (heap, temp files)
     env = environment(flink_configuration(settings, None))
     raw = env.from_source(_source(settings), WatermarkStrategy.no_watermarks(), "raw-topic")
     rows = raw.map(lambda text: Row(k=None, v=text), output_type=KV_TYPE)
@@ -133,6 +134,7 @@ def job_settings(stack: Settings, work: Path, name: str) -> tuple[Settings, Path
             "group_id": f"bench-{name}",
             "checkpoint_dir": str(work / name / "checkpoints"),
             "log_dir": str(work / name / "log"),
+            "tmp_dir": str(work / name / "tmp"),
         },
     }
     config = work / f"{name}.yaml"

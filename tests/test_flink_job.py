@@ -116,6 +116,7 @@ def job_settings(
             "checkpoint_interval_ms": interval_ms,
             "checkpoint_dir": str(tmp_path / "checkpoints"),
             "log_dir": str(tmp_path / "log"),
+            "tmp_dir": str(tmp_path / "tmp"),
             "watermark_out_of_orderness_s": 60,
             "allowed_lateness_s": 600,
             "restart_delay_ms": 500,
@@ -123,10 +124,10 @@ def job_settings(
     }
     config = tmp_path / "flink.yaml"
     config.write_text(yaml.safe_dump(overlay))
-    kafka = stack.kafka.model_copy(update=overlay["kafka"])
-    settings = stack.model_copy(
-        update={"kafka": kafka, "flink": stack.flink.model_copy(update=overlay["flink"])}
-    )
+    # Validated (model_copy would keep the overlay's strings where paths belong).
+    kafka = type(stack.kafka).model_validate({**stack.kafka.model_dump(), **overlay["kafka"]})
+    flink = type(stack.flink).model_validate({**stack.flink.model_dump(), **overlay["flink"]})
+    settings = stack.model_copy(update={"kafka": kafka, "flink": flink})
     ensure_topics(kafka.model_copy(update={"partitions": raw_partitions}), [kafka.raw_topic])
     ensure_topics(kafka, [kafka.readings_topic, kafka.aggregates_topic, kafka.dead_letter_topic])
     return settings, config
@@ -436,6 +437,11 @@ def test_killed_job_resumes_from_checkpoint_without_loss_or_repeats(
         assert feeder.is_alive()
         assert job.stop(signal.SIGKILL) == -signal.SIGKILL  # and its JVM went with it
         assert "checkpoint completed" in job.text()
+        # What the killed run left behind (its mini-cluster's folders) is in the job's
+        # own temporary folder, not /tmp ...
+        tmp = settings.flink.tmp_dir
+        left = list(tmp.glob("minicluster_*"))
+        assert len(left) == 1, left
         job.start()
         feeder.join(timeout=120)
         outcomes = expected_outcomes(messages)
@@ -458,6 +464,11 @@ def test_killed_job_resumes_from_checkpoint_without_loss_or_repeats(
             START_TIMEOUT_S,
         )
         seen = settle(topics, 5)
+        # ... and the next start removed it: the running JVM's own are there (with the
+        # table planner's 43 MB jar, which a JVM killed outright leaves), nothing else.
+        now = list(tmp.glob("minicluster_*"))
+        assert len(now) == 1 and now != left, (left, now)
+        assert len(list(tmp.glob("flink-table-planner_*.jar"))) == 1
     finally:
         stop_feeding.set()
         code = job.stop() if job.proc and job.proc.poll() is None else None
