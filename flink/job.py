@@ -82,6 +82,16 @@ def build(settings: Settings, resume_from: Path | None) -> object:
     return env
 
 
+def explain(settings: Settings) -> int:
+    """Print the plan of the job's SQL statements (abstract syntax tree, optimized
+    logical and execution plans); nothing is started or connected to."""
+    from flink.topology import environment, statements
+
+    env = environment(flink_configuration(settings, None))
+    print(statements(env, settings).explain())
+    return 0
+
+
 class _Stop:
     """Set by SIGTERM/SIGINT; the main loop polls it between job status checks."""
 
@@ -201,8 +211,13 @@ def local_jvm(settings: Settings) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flink.job", description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=None, help="settings YAML file")
+    parser.add_argument(
+        "--explain", action="store_true", help="print the job's SQL plan and exit (no run)"
+    )
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
+    if args.explain:
+        return explain(local_jvm(settings))
     # Our own handler, not the root logger's: PyFlink's in-process Python workers
     # redirect the root logger into the JVM's log file once the job runs.
     handler = logging.StreamHandler(sys.stderr)

@@ -555,3 +555,30 @@ def test_flink_python_is_there() -> None:
     # Not a skip: without the Flink virtualenv the tests above cannot pass either.
     assert FLINK_PYTHON.is_file(), "run `make setup` to build .venv-flink"
     assert os.access(FLINK_PYTHON, os.X_OK)
+
+
+def test_the_dedupe_is_planned_once_for_its_three_statements(tmp_path: Path) -> None:
+    """The readings, the aggregates and the letters each read the counted readings: one
+    OVER aggregate (one dedupe state, one count per reading) serves all three. Planned
+    per statement, a reading would be counted three times and kept in three states."""
+    config = tmp_path / "flink.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"flink": {"log_dir": str(tmp_path / "log"), "tmp_dir": str(tmp_path / "tmp")}}
+        )
+    )
+    done = subprocess.run(
+        [str(FLINK_PYTHON), "-m", "flink.job", "--explain", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = done.stdout.split("== Optimized Execution Plan ==")[1]
+    sinks = [line for line in plan.splitlines() if line.startswith("Sink(")]
+    assert len(sinks) == 3 and all(
+        f"database.{table}]" in line
+        for table, line in zip(("readings_sink", "aggregates_sink", "dead_letter_sink"), sinks)
+    ), sinks
+    assert plan.count("OverAggregate(") == 1, plan
