@@ -109,7 +109,7 @@ class HttpSource:
     def _snapshot(self, response: httpx.Response) -> Snapshot:
         try:
             records = json.loads(response.content)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise SourceError(f"{self.url} sent invalid JSON: {exc}") from exc
         if not isinstance(records, list):
             raise SourceError(f"{self.url} sent {type(records).__name__}, not a JSON array")

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from datetime import date
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,37 @@ def test_simulator_is_deterministic_and_speaks_http() -> None:
     dead = HttpSource(server.url, retries=1, backoff_s=0.01, timeout_s=1)
     with pytest.raises(SourceError, match="failed after 2 attempts"):
         dead.fetch()
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b"[{]", "invalid JSON"),
+        (b'{"records": []}', "dict, not a JSON array"),
+        (b"[" * 100_000 + b"]" * 100_000, "invalid JSON"),  # nested beyond any parser
+    ],
+)
+def test_a_bad_body_is_a_clear_error(body: bytes, error: str) -> None:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = HttpSource(f"http://127.0.0.1:{server.server_port}/data.json", retries=0)
+        with pytest.raises(SourceError, match=error):
+            source.fetch()
+        source.close()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None:
