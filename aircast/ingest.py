@@ -42,7 +42,13 @@ from aircast.deadletters import DeadLetters
 from aircast.errors import InvalidRecord
 from aircast.geocode import CachedGeocoder, Geocoder, make_geocoder
 from aircast.kafka import producer as make_producer
-from aircast.records import DUPLICATE, FeedRecord, parse_feed_record, value_count
+from aircast.records import (
+    DUPLICATE,
+    FeedRecord,
+    dumps_feed,
+    parse_feed_record,
+    value_count,
+)
 from aircast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -196,7 +202,7 @@ class Ingestor:
             place = places.get(record.location_id)
             enriched = dict(raw)
             enriched["place"] = place.to_dict() if place else {}
-            value = json.dumps(enriched, ensure_ascii=False, separators=(",", ":")).encode()
+            value = dumps_feed(enriched)
             # The message timestamp is the measurement time: the Flink job makes its
             # watermarks from it, per partition (and the audit's span is in it).
             futures.append(

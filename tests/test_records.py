@@ -245,3 +245,27 @@ def test_line_of_json_is_from_json_then_line() -> None:
     # The variants do exercise both sides: some converted, some refused.
     assert sum(isinstance(o, tuple) for o in outcomes) >= 14
     assert sum(o == R.UNDECODABLE for o in outcomes) >= 10
+
+
+def _stdlib_json(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_a_feed_record_is_written_as_the_standard_library_writes_it(
+    feed: list[dict[str, Any]],
+) -> None:
+    # The real sample, enriched as the ingest enriches it (non-ASCII place names).
+    for rec in feed:
+        enriched = dict(rec, place=good()["place"])
+        assert R.dumps_feed(enriched) == _stdlib_json(enriched)
+    # What orjson writes otherwise (NaN as null) or refuses (beyond 64 bits) takes the
+    # standard library: the same bytes, not a changed value.
+    odd = [
+        dict(good(), location=dict(good()["location"], latitude=float("nan"))),
+        dict(good(), altitude=float("inf")),
+        dict(good(), id=2**70),
+        {"sensordatavalues": [{"value": -float("inf")}], "ok": [1.5, "é", None, True]},
+    ]
+    for rec in odd:
+        assert R.dumps_feed(rec) == _stdlib_json(rec)
+    assert b"NaN" in R.dumps_feed(odd[0]) and b"Infinity" in R.dumps_feed(odd[1])
