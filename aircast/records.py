@@ -137,6 +137,18 @@ def _coordinate(location: dict[str, Any], key: str, limit: float) -> float:
     return value
 
 
+def _record_id(value: Any) -> int | None:
+    """The feed's record id if it is one: a non-negative integer within 64 bits (signed,
+    as every consumer stores it), else None. It is informational, never a reason to
+    refuse a record; but an id beyond 64 bits, or a digit ``int()`` cannot read ("²"),
+    once failed the Flink job's split outright, and again after every restart."""
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        text = str(value)
+        if text.isascii() and text.isdecimal() and int(text) < 2**63:
+            return int(text)
+    return None
+
+
 def parse_feed_record(obj: Any) -> FeedRecord:
     """Check a feed record's envelope; raises :class:`InvalidRecord` with the reason."""
     if not isinstance(obj, dict):
@@ -168,11 +180,8 @@ def parse_feed_record(obj: Any) -> FeedRecord:
             raise InvalidRecord(MALFORMED, f"sensordatavalues item {item!r}")
         value = item.get("value")
         values.append((str(item["value_type"]), "" if value is None else str(value)))
-    record_id = obj.get("id")
     return FeedRecord(
-        record_id=int(record_id)
-        if isinstance(record_id, int | str) and str(record_id).isdigit()
-        else None,
+        record_id=_record_id(obj.get("id")),
         timestamp=timestamp,
         sensor_id=_int(sensor, "id", "sensor"),
         sensor_type=str(type_name),

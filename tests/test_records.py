@@ -269,3 +269,29 @@ def test_a_feed_record_is_written_as_the_standard_library_writes_it(
     for rec in odd:
         assert R.dumps_feed(rec) == _stdlib_json(rec)
     assert b"NaN" in R.dumps_feed(odd[0]) and b"Infinity" in R.dumps_feed(odd[1])
+
+
+@pytest.mark.parametrize(
+    ("record_id", "expected"),
+    [
+        (3379485925, 3379485925),
+        ("3379485925", 3379485925),
+        (2**63 - 1, 2**63 - 1),
+        (2**63, None),  # beyond what consumers store (and orjson writes)
+        ("1" * 30, None),
+        ("²", None),  # a digit to str.isdigit, not to int()
+        ("٣", None),  # a decimal digit, not an ASCII one
+        (-5, None),
+        (True, None),
+        (1.0, None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_a_record_id_is_kept_only_when_it_is_one(record_id: Any, expected: int | None) -> None:
+    rec = good()
+    rec["id"] = record_id
+    readings = [o for o in R.split_record(rec) if isinstance(o, R.Reading)]
+    assert len(readings) == 2 and {r.record_id for r in readings} == {expected}
+    # Each reading writes (the Flink job's split once failed on such ids, every time).
+    assert all(orjson.loads(r.to_json())["record_id"] == expected for r in readings)
