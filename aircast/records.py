@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -75,6 +76,8 @@ REASONS: tuple[str, ...] = (
     STORAGE_REJECTED,
 )
 
+_Outcome = TypeVar("_Outcome")
+
 # -- feed records -------------------------------------------------------------------
 
 
@@ -100,6 +103,18 @@ class FeedRecord:
 
 def parse_timestamp(text: str) -> int:
     """``2019-04-16 14:22:52`` or ISO 8601 (``2019-03-01T00:00:16``), UTC → epoch s."""
+    if type(text) is str:
+        # A snapshot's records share a few hundred seconds: parsed once each.
+        return _timestamp_of_text(text)
+    return _parse_timestamp(text)
+
+
+@lru_cache(maxsize=4096)
+def _timestamp_of_text(text: str) -> int:
+    return _parse_timestamp(text)
+
+
+def _parse_timestamp(text: str) -> int:
     try:
         parsed = datetime.fromisoformat(text.replace(" ", "T", 1))
     except (ValueError, AttributeError, TypeError) as exc:
@@ -374,13 +389,35 @@ def split_record(raw: Any) -> list[Reading | Rejection]:
     An envelope that cannot be used gives a single rejection standing for all its values.
     Indoor sensors are rejected value by value (reason ``indoor``).
     """
+    return _split(raw, Reading)
+
+
+class ReadingRow(NamedTuple):
+    """A reading as the Flink job takes it: its key, time, value and JSON (the bytes of
+    :meth:`Reading.to_json`, as text)."""
+
+    key: str
+    timestamp: int
+    value: float
+    json: str
+
+
+def split_record_rows(raw: Any) -> list[ReadingRow | Rejection]:
+    """:func:`split_record`, each reading as a :class:`ReadingRow`, made without building
+    the :class:`Reading`: its JSON is a cached per-sensor-and-place prefix (the reading's
+    own ``to_json`` up to its measure) and the few fields of the value. The Flink job's
+    hot path; the same outcomes as :func:`split_record`, byte for byte (tested)."""
+    return _split(raw, _reading_row)
+
+
+def _split(raw: Any, reading: Callable[..., _Outcome]) -> list[_Outcome | Rejection]:
     try:
         record = parse_feed_record(raw)
     except InvalidRecord as exc:
         return [Rejection(exc.reason, exc.detail, value_count(raw))]
     place_data = raw.get("place") if isinstance(raw, dict) else None
     place = Place.from_dict(place_data) if isinstance(place_data, dict) else UNKNOWN_PLACE
-    out: list[Reading | Rejection] = []
+    out: list[_Outcome | Rejection] = []
     for value_type, text in record.values:
         if record.indoor:
             out.append(Rejection(INDOOR, f"{value_type} of indoor sensor {record.sensor_id}"))
@@ -390,23 +427,85 @@ def split_record(raw: Any) -> list[Reading | Rejection]:
         except InvalidRecord as exc:
             out.append(Rejection(exc.reason, exc.detail))
             continue
+        # Positional, in Reading's field order.
         out.append(
-            Reading(
-                sensor_id=record.sensor_id,
-                sensor_type=record.sensor_type,
-                location_id=record.location_id,
-                latitude=record.latitude,
-                longitude=record.longitude,
-                country_code=place.country_code or record.country_code,
-                country=place.country,
-                city=place.city,
-                measure=value_type,
-                value=value,
-                timestamp=record.timestamp,
-                record_id=record.record_id,
+            reading(
+                record.sensor_id,
+                record.sensor_type,
+                record.location_id,
+                record.latitude,
+                record.longitude,
+                place.country_code or record.country_code,
+                place.country,
+                place.city,
+                value_type,
+                value,
+                record.timestamp,
+                record.record_id,
             )
         )
     return out
+
+
+def _reading_row(
+    sensor_id: int,
+    sensor_type: str,
+    location_id: int,
+    latitude: float,
+    longitude: float,
+    country_code: str,
+    country: str,
+    city: str,
+    measure: str,
+    value: float,
+    timestamp: int,
+    record_id: int | None,
+) -> ReadingRow:
+    # The tail's fields are written as orjson writes them in to_json: the measure a
+    # JSON string, the value orjson's float, the time and id plain integers (within 64
+    # bits: parse_feed_record's), no id null.
+    prefix = _reading_json_prefix(
+        sensor_id, sensor_type, location_id, latitude, longitude, country_code, country, city
+    )
+    text = (
+        f'{prefix},"measure":{_json_string(measure)},"value":{orjson.dumps(value).decode()}'
+        f',"timestamp":{timestamp},"record_id":{"null" if record_id is None else record_id}}}'
+    )
+    return ReadingRow(f"{sensor_id}:{measure}", timestamp, value, text)
+
+
+@lru_cache(maxsize=1 << 16, typed=True)
+def _reading_json_prefix(
+    sensor_id: int,
+    sensor_type: str,
+    location_id: int,
+    latitude: float,
+    longitude: float,
+    country_code: str,
+    country: str,
+    city: str,
+) -> str:
+    # A Reading's JSON up to its measure, cut where the key is: inside a JSON string
+    # every quote is escaped, so ',"measure":' appears only as the key.
+    whole = Reading(
+        sensor_id,
+        sensor_type,
+        location_id,
+        latitude,
+        longitude,
+        country_code,
+        country,
+        city,
+        "",
+        0.0,
+        0,
+    ).to_json()
+    return whole[: whole.index(b',"measure":')].decode()
+
+
+@lru_cache(maxsize=256)
+def _json_string(text: str) -> str:
+    return orjson.dumps(text).decode()
 
 
 # -- aggregates ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, ProcessFunction
 
-from aircast.records import DeadLetter, Reading
+from aircast.records import DeadLetter
 from flink import transforms as T
 
 KV_TYPE = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.STRING()])
@@ -38,9 +38,8 @@ class SplitMessage(ProcessFunction):  # type: ignore[misc]
         self._topic = topic
 
     def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        for outcome in T.split_message(value, int(time.time()), self._topic):
-            if isinstance(outcome, Reading):
-                k, v, val = T.reading_row(outcome)
-                yield Row(T.event_time_ms(outcome), k, v, val)
-            else:
+        for outcome in T.split_message_rows(value, int(time.time()), self._topic):
+            if isinstance(outcome, DeadLetter):
                 yield _letter(outcome)
+            else:
+                yield Row(*T.job_row(outcome))

@@ -20,8 +20,9 @@ nothing here decides whether a value is valid.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
+from typing import Any, TypeVar
 
 import orjson
 
@@ -32,14 +33,17 @@ from aircast.records import (
     Aggregate,
     DeadLetter,
     Reading,
+    ReadingRow,
     Rejection,
     split_record,
+    split_record_rows,
 )
 from flink.config import sql_string
 
 STAGE = "flink"
 
 Outcome = Reading | DeadLetter
+_R = TypeVar("_R")
 
 
 def _message_key(obj: object) -> str | None:
@@ -58,6 +62,26 @@ def split_message(text: str, at: int, source: str | None = None) -> list[Outcome
     Text that is not JSON becomes one ``malformed`` letter; every rejection keeps the
     message as received, so nothing is lost and the letter can be replayed.
     """
+    return _split_message(text, at, source, split_record)
+
+
+def split_message_rows(
+    text: str, at: int, source: str | None = None
+) -> list[ReadingRow | DeadLetter]:
+    """:func:`split_message` with each reading as the domain's
+    :class:`~aircast.records.ReadingRow` (:func:`~aircast.records.split_record_rows`:
+    the same outcomes, without building Reading objects): what the job runs."""
+    return _split_message(text, at, source, split_record_rows)
+
+
+def job_row(row: ReadingRow) -> tuple[int, str, str, float]:
+    """The split's output row: event time (ms), key, the reading's JSON, value."""
+    return row.timestamp * 1000, row.key, row.json, row.value
+
+
+def _split_message(
+    text: str, at: int, source: str | None, split: Callable[[Any], list[_R | Rejection]]
+) -> list[_R | DeadLetter]:
     try:
         obj = orjson.loads(text)
     except ValueError as exc:
@@ -65,8 +89,8 @@ def split_message(text: str, at: int, source: str | None = None) -> list[Outcome
             DeadLetter(STAGE, MALFORMED, f"not JSON: {exc}", text, None, 1, at, source),
         ]
     key = _message_key(obj)
-    out: list[Outcome] = []
-    for outcome in split_record(obj):
+    out: list[_R | DeadLetter] = []
+    for outcome in split(obj):
         if isinstance(outcome, Rejection):
             out.append(
                 DeadLetter(

@@ -295,3 +295,50 @@ def test_a_record_id_is_kept_only_when_it_is_one(record_id: Any, expected: int |
     assert len(readings) == 2 and {r.record_id for r in readings} == {expected}
     # Each reading writes (the Flink job's split once failed on such ids, every time).
     assert all(orjson.loads(r.to_json())["record_id"] == expected for r in readings)
+
+
+def _odd_records() -> list[Any]:
+    """Records whose JSON is easy to get wrong, and records that are rejected."""
+    out: list[Any] = []
+    for city in ['Quote"d', "Back\\slash\\", 'x,"measure":"P1', "Zürich ☃", "", "tab\there"]:
+        rec = good()
+        rec["place"] = dict(rec["place"], city=city, country='Ger"many')
+        out.append(rec)
+    for values in (
+        [("P1", "1e-5"), ("P2", "-0.0")],
+        [("pressure", "101325"), ("temperature", "0.1")],
+        [("P1", "1e3"), ("humidity", "99.99999999999999")],
+        [("P1", "nan"), ("P2", "abc"), ("noise_LAeq", "45"), ("unknown_x", "1")],
+    ):
+        rec = good()
+        rec["sensordatavalues"] = [{"value": v, "value_type": t} for t, v in values]
+        out.append(rec)
+    for record_id in (None, "1" * 30, 2**63 - 1):
+        out.append(dict(good(), id=record_id))
+    out.append(dict(good(), timestamp="2019-03-01T00:00:16+01:00"))
+    out.append({k: v for k, v in good().items() if k != "place"})
+    out.append(dict(good(), location=dict(good()["location"], indoor=1)))
+    out.append(dict(good(), sensor={"id": "468", "sensor_type": {"name": "SDS011"}}))
+    out += [dict(good(), timestamp="yesterday"), [1, 2], None]
+    return out
+
+
+def test_split_into_rows_is_split_into_readings(feed: list[dict[str, Any]]) -> None:
+    """The Flink job's fast path gives what the domain's split gives, byte for byte:
+    every reading's key, time, value and JSON; every rejection as it is."""
+
+    def as_rows(outcomes: list[R.Reading | R.Rejection]) -> list[R.ReadingRow | R.Rejection]:
+        return [
+            R.ReadingRow(o.key, o.timestamp, o.value, o.to_json().decode())
+            if isinstance(o, R.Reading)
+            else o
+            for o in outcomes
+        ]
+
+    records = [*feed, *_odd_records()]
+    for attempt in ("cold caches", "warm caches"):
+        for rec in records:
+            assert R.split_record_rows(rec) == as_rows(R.split_record(rec)), (attempt, rec)
+    readings = [o for rec in records for o in R.split_record_rows(rec)]
+    assert sum(isinstance(o, R.ReadingRow) for o in readings) > 500
+    assert sum(isinstance(o, R.Rejection) for o in readings) > 5
