@@ -195,13 +195,15 @@ def local_jvm(settings: Settings) -> Settings:
     f.tmp_dir.mkdir(parents=True)
     os.environ["TMPDIR"] = str(f.tmp_dir)
     tempfile.tempdir = None  # gettempdir() looks again
-    # PyFlink starts the local JVM with JVM_ARGS first on its command line.
+    # PyFlink starts the local JVM with JVM_ARGS first on its command line; what the
+    # environment already had comes last, so it wins where options repeat (-Xmx).
     os.environ["JVM_ARGS"] = " ".join(
         arg
         for arg in (
-            os.environ.get("JVM_ARGS", ""),
             f"-Xmx{f.local_heap_mb}m",
             f"-Djava.io.tmpdir={f.tmp_dir}",
+            *f.local_jvm_options,
+            os.environ.get("JVM_ARGS", ""),
         )
         if arg
     )

@@ -280,6 +280,14 @@ def test_job_splits_dedupes_aggregates_and_dead_letters(
             START_TIMEOUT_S,
         )
         job.track_children()
+        # The local JVM got the job's options (heap, temporary folder, collector).
+        (java,) = [c.cmdline() for c in job.children if "java" in c.name()]
+        f = settings.flink
+        assert {
+            f"-Xmx{f.local_heap_mb}m",
+            f"-Djava.io.tmpdir={f.tmp_dir}",
+            *f.local_jvm_options,
+        } <= set(java), java
         # Only now: the watermark has passed window 0, so this reading is late for it.
         produce(settings, phase_b)
         wait_for(
