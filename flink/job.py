@@ -22,8 +22,8 @@ and of those letters is built by SQL generated from the domain's dataclasses
 "thread", PyFlink's embedded interpreter). History, measured by ``make bench-flink``
 against an identity PyFlink job: a separate Python dedupe and PyFlink's Python window
 operator, 1/15; one Python function keyed by sensor with its own state and timers
-(every state access and timer a call from Python into the JVM), 0.15; this, 0.55-0.71
-(best of three rounds; the local JVM with the parallel collector).
+(every state access and timer a call from Python into the JVM), 0.15; this, 0.65-0.70
+(three runs, each the best of three rounds; the local JVM with the parallel collector).
 
 **One keyed readings topic**, not one topic per measure as in the original: the key
 ``<sensor_id>:<measure>`` keeps each sensor's measure in order on one partition, a new
