@@ -210,8 +210,8 @@ class FlinkSettings(BaseModel):
     local_heap_mb: int = Field(default=3072, ge=256)
     # Further options of the local mini-cluster's JVM. The throughput collector: G1's
     # concurrent threads and barriers compete with the job for a small machine's cores
-    # (bench-flink on two cores, three rounds each: 0.39-0.54 of the identity job with
-    # G1, 0.47-0.70 with this).
+    # (bench-flink on two cores, nine rounds each: 0.39-0.54 of the identity job with
+    # G1, mean 0.47; 0.39-0.71 with this, mean 0.60).
     local_jvm_options: list[str] = Field(default_factory=lambda: ["-XX:+UseParallelGC"])
     # The mini-cluster's own log files (JVM, Python workers).
     log_dir: Path = Path(".aircast/flink/log")
