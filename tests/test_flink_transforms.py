@@ -44,13 +44,28 @@ def test_every_measure_keeps_its_own_key_and_value() -> None:
     # must come out under its own key, with its own value.
     values = {m.name: (m.low + m.high) / 2 + i * 0.001 for i, m in enumerate(MEASURES)}
     rec = record(sensordatavalues=[{"value": str(v), "value_type": k} for k, v in values.items()])
-    outcomes = T.split_message(json.dumps(rec), AT)
-    rows = [T.reading_row(o) for o in outcomes if isinstance(o, R.Reading)]
-    assert {key for key, _, _ in rows} == {f"468:{name}" for name in values}
-    for key, text, value in rows:
+    # What the job's split emits: (event ms, key, JSON, value) per reading.
+    outcomes = T.split_message_rows(json.dumps(rec), AT)
+    rows = [T.job_row(o) for o in outcomes if isinstance(o, R.ReadingRow)]
+    assert {key for _, key, _, _ in rows} == {f"468:{name}" for name in values}
+    for ms, key, text, value in rows:
         reading = R.Reading.from_json(text)
         assert key == f"468:{reading.measure}"
         assert reading.value == value == values[reading.measure]
+        assert ms == reading.timestamp * 1000
+
+
+def test_the_jobs_rows_are_the_domains_readings() -> None:
+    """The job's split (rows made without Reading objects) gives, per message, exactly
+    the domain's readings as rows, and the same letters."""
+    sample = json.loads(Settings().data.feed_sample.read_text())  # real feed records
+    texts = [json.dumps(rec) for rec in sample] + ["{not json", "[1]", json.dumps(record())]
+    for text in texts:
+        fast = T.split_message_rows(text, AT, "aircast.raw")
+        full = T.split_message(text, AT, "aircast.raw")
+        assert [T.job_row(o) if isinstance(o, R.ReadingRow) else o for o in fast] == [
+            (T.event_time_ms(o), *T.reading_row(o)) if isinstance(o, R.Reading) else o for o in full
+        ]
 
 
 def test_rejections_keep_payload_key_reason_and_source() -> None:
