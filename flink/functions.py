@@ -38,7 +38,7 @@ class SplitMessage(ProcessFunction):  # type: ignore[misc]
         self._topic = topic
 
     def process_element(self, value: str, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        for outcome in T.split_message_rows(value, int(time.time()), self._topic):
+        for outcome in T.split_message(value, int(time.time()), self._topic):
             if isinstance(outcome, DeadLetter):
                 yield _letter(outcome)
             else:

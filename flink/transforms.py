@@ -4,10 +4,11 @@ tested in either virtualenv and the Flink functions in :mod:`flink.functions` st
 Shapes (see :mod:`aircast.records` for the records themselves):
 
 * in: one raw-topic message value (text) — a feed record enriched with ``place``;
-* :func:`split_message` → per value, a :class:`~aircast.records.Reading` or a
+* :func:`split_message` → per value, a :class:`~aircast.records.ReadingRow` (the
+  domain's :func:`~aircast.records.split_record_rows`) or a
   :class:`~aircast.records.DeadLetter` (stage ``flink``) carrying the message as received;
-* per valid value, :func:`reading_row` ``(key "<sensor_id>:<measure>", Reading JSON,
-  value)``: what the job's SQL dedupes, delivers and aggregates;
+* per valid value, :func:`job_row` ``(event ms, key "<sensor_id>:<measure>", Reading
+  JSON, value)``: what the job's SQL dedupes, delivers and aggregates;
 * a repeated (sensor, measure, timestamp), or a reading behind a window that already
   fired → :func:`letter_json_sql`, the SQL that writes its ``duplicate`` or ``late``
   letter;
@@ -20,9 +21,8 @@ nothing here decides whether a value is valid.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any, TypeVar
 
 import orjson
 
@@ -35,15 +35,13 @@ from aircast.records import (
     Reading,
     ReadingRow,
     Rejection,
-    split_record,
     split_record_rows,
 )
 from flink.config import sql_string
 
 STAGE = "flink"
 
-Outcome = Reading | DeadLetter
-_R = TypeVar("_R")
+Outcome = ReadingRow | DeadLetter
 
 
 def _message_key(obj: object) -> str | None:
@@ -57,31 +55,13 @@ def _message_key(obj: object) -> str | None:
 
 
 def split_message(text: str, at: int, source: str | None = None) -> list[Outcome]:
-    """One raw message → one outcome per value (the domain's :func:`split_record`).
+    """One raw message → one outcome per value (the domain's
+    :func:`~aircast.records.split_record_rows`: :func:`~aircast.records.split_record`'s
+    outcomes, the readings as rows made without building Reading objects).
 
     Text that is not JSON becomes one ``malformed`` letter; every rejection keeps the
     message as received, so nothing is lost and the letter can be replayed.
     """
-    return _split_message(text, at, source, split_record)
-
-
-def split_message_rows(
-    text: str, at: int, source: str | None = None
-) -> list[ReadingRow | DeadLetter]:
-    """:func:`split_message` with each reading as the domain's
-    :class:`~aircast.records.ReadingRow` (:func:`~aircast.records.split_record_rows`:
-    the same outcomes, without building Reading objects): what the job runs."""
-    return _split_message(text, at, source, split_record_rows)
-
-
-def job_row(row: ReadingRow) -> tuple[int, str, str, float]:
-    """The split's output row: event time (ms), key, the reading's JSON, value."""
-    return row.timestamp * 1000, row.key, row.json, row.value
-
-
-def _split_message(
-    text: str, at: int, source: str | None, split: Callable[[Any], list[_R | Rejection]]
-) -> list[_R | DeadLetter]:
     try:
         obj = orjson.loads(text)
     except ValueError as exc:
@@ -89,8 +69,8 @@ def _split_message(
             DeadLetter(STAGE, MALFORMED, f"not JSON: {exc}", text, None, 1, at, source),
         ]
     key = _message_key(obj)
-    out: list[_R | DeadLetter] = []
-    for outcome in split(obj):
+    out: list[Outcome] = []
+    for outcome in split_record_rows(obj):
         if isinstance(outcome, Rejection):
             out.append(
                 DeadLetter(
@@ -109,25 +89,14 @@ def _split_message(
     return out
 
 
-def reading_json(reading: Reading) -> str:
-    """A reading's readings-topic value (its ``to_json``), as text for Flink's sinks."""
-    return reading.to_json().decode()
-
-
-def reading_row(reading: Reading) -> tuple[str, str, float]:
-    """What the job's SQL takes of a reading: its key, JSON (the readings topic's value)
-    and value (for the aggregates)."""
-    return reading.key, reading_json(reading), reading.value
+def job_row(row: ReadingRow) -> tuple[int, str, str, float]:
+    """The split's output row: event time (ms), key, the reading's JSON, value."""
+    return row.timestamp * 1000, row.key, row.json, row.value
 
 
 def letter_row(letter: DeadLetter) -> tuple[str | None, str]:
     """(Kafka key, value) of a dead letter."""
     return letter.key, letter.to_json().decode()
-
-
-def event_time_ms(reading: Reading) -> int:
-    """Flink's event time (milliseconds) of a reading: when it was measured."""
-    return reading.timestamp * 1000
 
 
 # -- what the job's SQL writes --------------------------------------------------------

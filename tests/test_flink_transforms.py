@@ -45,7 +45,7 @@ def test_every_measure_keeps_its_own_key_and_value() -> None:
     values = {m.name: (m.low + m.high) / 2 + i * 0.001 for i, m in enumerate(MEASURES)}
     rec = record(sensordatavalues=[{"value": str(v), "value_type": k} for k, v in values.items()])
     # What the job's split emits: (event ms, key, JSON, value) per reading.
-    outcomes = T.split_message_rows(json.dumps(rec), AT)
+    outcomes = T.split_message(json.dumps(rec), AT)
     rows = [T.job_row(o) for o in outcomes if isinstance(o, R.ReadingRow)]
     assert {key for _, key, _, _ in rows} == {f"468:{name}" for name in values}
     for ms, key, text, value in rows:
@@ -57,14 +57,18 @@ def test_every_measure_keeps_its_own_key_and_value() -> None:
 
 def test_the_jobs_rows_are_the_domains_readings() -> None:
     """The job's split (rows made without Reading objects) gives, per message, exactly
-    the domain's readings as rows, and the same letters."""
+    the domain's readings as rows, and a letter for each of its rejections."""
     sample = json.loads(Settings().data.feed_sample.read_text())  # real feed records
-    texts = [json.dumps(rec) for rec in sample] + ["{not json", "[1]", json.dumps(record())]
-    for text in texts:
-        fast = T.split_message_rows(text, AT, "aircast.raw")
-        full = T.split_message(text, AT, "aircast.raw")
-        assert [T.job_row(o) if isinstance(o, R.ReadingRow) else o for o in fast] == [
-            (T.event_time_ms(o), *T.reading_row(o)) if isinstance(o, R.Reading) else o for o in full
+    for rec in [*sample, record(), record(sensordatavalues=[{"value": "x", "value_type": "P1"}])]:
+        out = T.split_message(json.dumps(rec), AT, "aircast.raw")
+        domain = R.split_record(rec)
+        assert [T.job_row(o) for o in out if isinstance(o, R.ReadingRow)] == [
+            (r.timestamp * 1000, r.key, r.to_json().decode(), r.value)
+            for r in domain
+            if isinstance(r, R.Reading)
+        ]
+        assert [(d.reason, d.detail, d.values) for d in out if isinstance(d, R.DeadLetter)] == [
+            (r.reason, r.detail, r.values) for r in domain if isinstance(r, R.Rejection)
         ]
 
 
@@ -115,7 +119,7 @@ def test_values_are_conserved() -> None:
     rec = record()
     rec["sensordatavalues"].append({"value": "", "value_type": "P1"})
     outcomes = T.split_message(json.dumps(rec), AT)
-    accounted = sum(1 if isinstance(o, R.Reading) else o.values for o in outcomes)
+    accounted = sum(1 if isinstance(o, R.ReadingRow) else o.values for o in outcomes)
     assert accounted == R.value_count(rec) == 3
 
 
@@ -167,7 +171,7 @@ def test_an_aggregate_cut_from_a_readings_json_is_that_aggregate(city: str) -> N
     "value" key, the figures appended), done here in Python on the JSON the split
     writes: the result is the Aggregate, whatever the place's text holds."""
     r = dataclasses.replace(reading(1555424572, 12.5), city=city, country=city)
-    text = T.reading_json(r)
+    text = r.to_json().decode()  # the reading's JSON, as the split writes it
     head = text[: text.index(',"value":')]
     figures = {"window_start": 1555424400, "window_end": 1555425000, "mean": 11.25}
     figures |= {"min": 10.0, "max": 12.5, "count": 2}
@@ -251,6 +255,4 @@ def test_reading_json_round_trips_through_the_domain() -> None:
         R.Reading(7, "BME280", 1, -33.9, 151.2, "AU", "Österreich", "Zürich", "P2", 1e-7, 5),
         R.Reading(7, "BME280", 1, 0.0, 1.0, "", "", 'a "q"\n', "humidity", 100.0, 5, 99),
     ):
-        assert R.Reading.from_json(T.reading_json(r)) == r
-        key, text, value = T.reading_row(r)
-        assert (key, text, value) == (r.key, r.to_json().decode(), r.value)
+        assert R.Reading.from_json(r.to_json().decode()) == r
