@@ -11,9 +11,7 @@ import json
 import logging
 import time
 from collections import Counter
-from typing import Any
-
-from kafka import KafkaProducer
+from typing import Any, Protocol
 
 from aircast.records import DeadLetter
 
@@ -38,8 +36,15 @@ def payload_text(payload: Any) -> str:
     return text
 
 
+class Sender(Protocol):
+    """What a dead-letter writer needs of a producer: kafka-python's ``KafkaProducer``
+    and :class:`aircast.kafka.Producer` both have it (the caller flushes)."""
+
+    def send(self, topic: str, value: bytes | None = ..., key: bytes | None = ...) -> Any: ...
+
+
 class DeadLetters:
-    def __init__(self, producer: KafkaProducer, topic: str, stage: str) -> None:
+    def __init__(self, producer: Sender, topic: str, stage: str) -> None:
         self.producer = producer
         self.topic = topic
         self.stage = stage

@@ -3,6 +3,7 @@
 AircastError
 ├── ConfigError          settings that cannot be built or are inconsistent
 ├── StackError           the local stack cannot start, is already up, or is unhealthy
+├── ProduceError         the broker refused a message or did not acknowledge it in time
 ├── StorageError         InfluxDB refused or could not be reached
 │   └── BackpressureError  the server asked us to slow down (HTTP 429/503); retry later
 └── InvalidRecord        one input record cannot be used; carries a dead-letter reason
@@ -21,6 +22,10 @@ class ConfigError(AircastError):
 
 class StackError(AircastError):
     """The local stack cannot do what was asked."""
+
+
+class ProduceError(AircastError):
+    """Kafka did not store a message that was sent (refused, or no acknowledgement)."""
 
 
 class StorageError(AircastError):

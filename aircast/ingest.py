@@ -35,13 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from kafka import KafkaProducer
 
 from aircast.cache import key, redis_client, set_many
 from aircast.deadletters import DeadLetters
 from aircast.errors import InvalidRecord
 from aircast.geocode import CachedGeocoder, Geocoder, make_geocoder
-from aircast.kafka import producer as make_producer
+from aircast.kafka import Producer
 from aircast.records import (
     DUPLICATE,
     FeedRecord,
@@ -123,12 +122,12 @@ class Ingestor:
         self,
         settings: Settings,
         *,
-        producer: KafkaProducer | None = None,
+        producer: Producer | None = None,
         client: redis.Redis[str] | None = None,
         geocoder: Geocoder | None = None,
     ) -> None:
         self.settings = settings
-        self.producer = producer or make_producer(settings.kafka)
+        self.producer = producer or Producer(settings.kafka)
         self.redis = client or redis_client(settings.redis)
         self.places = CachedGeocoder(
             geocoder or make_geocoder(settings.ingest),
@@ -197,25 +196,21 @@ class Ingestor:
         counts.cache_hits += self.places.hits - hits
         counts.cache_misses += self.places.misses - misses
         topic = self.settings.kafka.raw_topic
-        futures = []
+        send = self.producer.send
         for record, raw in fresh:
             place = places.get(record.location_id)
             enriched = dict(raw)
             enriched["place"] = place.to_dict() if place else {}
-            value = dumps_feed(enriched)
             # The message timestamp is the measurement time: the Flink job makes its
             # watermarks from it, per partition (and the audit's span is in it).
-            futures.append(
-                self.producer.send(
-                    topic,
-                    key=str(record.sensor_id).encode(),
-                    value=value,
-                    timestamp_ms=record.timestamp * 1000,
-                )
+            send(
+                topic,
+                dumps_feed(enriched),
+                str(record.sensor_id).encode(),
+                timestamp_ms=record.timestamp * 1000,
             )
+        # Raises if the broker refused or did not acknowledge any: nothing is marked seen.
         self.producer.flush()
-        for future in futures:
-            future.get(timeout=0)  # raises if the broker refused: nothing is marked seen
         set_many(
             self.redis,
             {self._seen_key(r): fingerprint(r) for r, _ in fresh},

@@ -19,12 +19,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 import httpx
 import pytest
+from kafka.partitioner.default import murmur2
 
 from aircast import records as R
+from aircast.cache import redis_client
+from aircast.errors import ProduceError
 from aircast.ingest import Ingestor
-from aircast.kafka import ensure_topics
+from aircast.kafka import Producer, ensure_topics, librdkafka_options
 from aircast.records import DeadLetter
 from aircast.settings import Settings
 from aircast.simulator import Faults, Network, SimulatorServer
@@ -275,6 +279,60 @@ def test_a_record_seen_again_is_counted_unless_its_values_changed(
     assert letter.reason == R.DUPLICATE and "other values" in letter.detail
     assert json.loads(letter.payload)["sensordatavalues"][0]["value"] == "999.5"
     assert letter.key == str(good[1]["sensor"]["id"])
+
+
+def test_nothing_is_marked_seen_unless_the_broker_acknowledged_it(
+    stack_settings: Settings,
+) -> None:
+    """The delivery guarantee's order: produced and acknowledged, then marked seen. With
+    no broker to acknowledge, the shard fails with a clear error, no record is marked,
+    and the retry (the coordinator's, here by hand) produces every record."""
+    settings = fresh(stack_settings)
+    good = json.loads(Path(settings.data.feed_sample).read_text())[:4]
+    nowhere = settings.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    unacknowledged = Ingestor(settings, producer=Producer(nowhere, **{"message.timeout.ms": 1500}))
+    with pytest.raises(ProduceError, match="not stored"):
+        unacknowledged.process(good, "test")
+    unacknowledged.redis.close()
+    client = redis_client(settings.redis)
+    assert client.keys(f"{settings.redis.key_prefix}seen:*") == []
+    client.close()
+    ingestor = Ingestor(settings)
+    counts = ingestor.process(good, "test")
+    ingestor.close()
+    assert (counts.produced, counts.resighted) == (4, 0)
+    assert len(read_topic(settings.kafka, settings.kafka.raw_topic, expect=4)) == 4
+
+
+def test_a_sensor_keeps_the_partition_java_and_kafka_python_give_it(
+    stack_settings: Settings,
+) -> None:
+    """The scrapers' librdkafka producer places keys with Java's murmur2, as the
+    kafka-python producer before it did: upgrading moves no sensor to another partition
+    (its records stay in order, and so do the per-partition watermarks)."""
+    settings = fresh(stack_settings)
+    topic = unique("placed")
+    ensure_topics(settings.kafka.model_copy(update={"partitions": 8}), [topic])
+    keys = [str(sensor).encode() for sensor in range(1, 3000, 7)]
+    producer = Producer(settings.kafka)
+    for k in keys:
+        producer.send(topic, b"x", k)
+    producer.flush()
+    placed: dict[bytes, int] = {}
+    consumer = confluent_kafka.Consumer(
+        {**librdkafka_options(settings.kafka), "group.id": unique("g"), "enable.auto.commit": False}
+    )
+    consumer.assign([confluent_kafka.TopicPartition(topic, p, 0) for p in range(8)])
+    deadline = time.monotonic() + 30
+    while len(placed) < len(keys) and time.monotonic() < deadline:
+        for m in consumer.consume(500, 0.5):
+            key, partition = m.key(), m.partition()
+            if m.error() is None and key is not None and partition is not None:
+                placed[key] = partition
+    consumer.close()
+    # kafka-python's DefaultPartitioner, which is Java's: murmur2, sign bit off, modulo.
+    assert placed == {k: (murmur2(k) & 0x7FFFFFFF) % 8 for k in keys}
+    assert len(set(placed.values())) == 8
 
 
 def archive_rows(day_dir: Path) -> int:
