@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 PEER_PYTHON = REPO / ".venv-peer" / "bin" / "python"
 SENSORS = 19_400  # ≈ 40,000 records in a 5-minute window, as in bench-ingest
 TIMEOUT_S = 1800
+STALL_S = 120
 
 
 def count_points(influx, database: str, measures: list[str], since: int, until: int) -> int:  # type: ignore[no-untyped-def]
@@ -124,10 +125,23 @@ def main() -> None:
             # it costs InfluxDB 0.4-2.7 s of CPU each time. If the first count falls short,
             # the time is when a later count finds them all.
             confirmed_late = False
+            progress = (0, time.perf_counter())  # points written, and since when
             with console.status("") as status:
                 while True:
                     written = points_written(supervisor, settings.influx.raw_database) - before
                     elapsed = time.perf_counter() - t0
+                    if written != progress[0]:
+                        progress = (written, time.perf_counter())
+                    elif time.perf_counter() - progress[1] > STALL_S:
+                        # Not a slow run: a reading is missing (see `aircast audit`).
+                        stored = count_points(
+                            influx, settings.influx.raw_database, measures, since, until
+                        )
+                        raise SystemExit(
+                            f"aircast ({label}): nothing written for {STALL_S} s; "
+                            f"{written:,} of {fresh:,} readings written, {stored:,} of "
+                            f"{target:,} queryable"
+                        )
                     if written >= fresh:
                         stored = count_points(
                             influx, settings.influx.raw_database, measures, since, until
