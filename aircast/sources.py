@@ -24,6 +24,7 @@ from datetime import time as dt_time
 from typing import Any
 
 import httpx
+import orjson
 
 from aircast.errors import AircastError
 from aircast.records import format_timestamp, parse_timestamp
@@ -108,7 +109,7 @@ class HttpSource:
 
     def _snapshot(self, response: httpx.Response) -> Snapshot:
         try:
-            records = json.loads(response.content)
+            records = _loads(response.content)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise SourceError(f"{self.url} sent invalid JSON: {exc}") from exc
         if not isinstance(records, list):
@@ -117,6 +118,16 @@ class HttpSource:
         self._etag = response.headers.get("ETag")
         self._last_modified = response.headers.get("Last-Modified")
         return Snapshot(self.name, self.url, time.time(), records, len(response.content))
+
+
+def _loads(body: bytes) -> Any:
+    """The body's JSON: orjson (a network-size file, 19 MB, in 0.55 s instead of 0.7, in
+    the coordinator before any scraper starts), else json: it also reads NaN, infinities
+    and integers beyond 64 bits, which orjson refuses, and words the errors."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def probe(url: str, timeout_s: float = 3.0) -> bool:

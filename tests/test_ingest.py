@@ -14,6 +14,8 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -108,6 +110,32 @@ def test_simulator_is_deterministic_and_speaks_http() -> None:
     ],
 )
 def test_a_bad_body_is_a_clear_error(body: bytes, error: str) -> None:
+    with serving(body) as url:
+        source = HttpSource(url, retries=0)
+        with pytest.raises(SourceError, match=error):
+            source.fetch()
+        source.close()
+
+
+def test_a_body_json_reads_is_read_as_json_reads_it() -> None:
+    """The fast parser refuses NaN, infinities and integers beyond 64 bits; such a body
+    is still read, the same as json reads it (the records' own checks judge them)."""
+    body = (
+        b'[{"id": 18446744073709551617, "sensordatavalues": [{"value": NaN}]},'
+        b' {"id": 1, "sensordatavalues": [{"value": -Infinity}, {"value": "2.5"}]}]'
+    )
+    with serving(body) as url:
+        source = HttpSource(url, retries=0)
+        snapshot = source.fetch()
+        source.close()
+    assert snapshot is not None
+    assert repr(snapshot.records) == repr(json.loads(body))
+
+
+@contextmanager
+def serving(body: bytes) -> Iterator[str]:
+    """A real HTTP server on 127.0.0.1 answering every GET with ``body``."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
@@ -121,10 +149,7 @@ def test_a_bad_body_is_a_clear_error(body: bytes, error: str) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        source = HttpSource(f"http://127.0.0.1:{server.server_port}/data.json", retries=0)
-        with pytest.raises(SourceError, match=error):
-            source.fetch()
-        source.close()
+        yield f"http://127.0.0.1:{server.server_port}/data.json"
     finally:
         server.shutdown()
         server.server_close()
