@@ -60,6 +60,10 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
         {
             "acks": "all",
             "linger.ms": 5,
+            # A message is given up (its delivery report says so) well inside
+            # Producer.flush's wait: a flush that ends leaves nothing queued behind it
+            # to turn up after the caller retried.
+            "message.timeout.ms": 60_000,
             "partitioner": "murmur2_random",
             "logger": logging.getLogger("aircast.kafka.librdkafka"),
         }
