@@ -124,6 +124,26 @@ def test_a_lost_reading_is_found(played: tuple[Settings, float, list[Reading]]) 
     assert audit.lost == [(gone.measure, gone.sensor_id, gone.timestamp)]
 
 
+def test_a_lost_reading_behind_another_point_is_found(
+    played: tuple[Settings, float, list[Reading]],
+) -> None:
+    """The per-series count stays right when a reading is lost and a point of no
+    record comes in at another time of the same sensor: the sums tell them apart."""
+    settings, since, readings = played
+    gone = readings[3]
+    stray = replace(gone, timestamp=gone.timestamp + 1, value=gone.value + 1.5)
+    with InfluxV1(settings.influx) as influx:
+        influx.query(
+            f"DELETE FROM \"{gone.measure}\" WHERE sensor_id = '{gone.sensor_id}' "
+            f"AND time = {gone.timestamp}s",
+            settings.influx.raw_database,
+        )
+        influx.write([stray.line()], settings.influx.raw_database, precision="s")
+    audit = run_audit(settings, since)
+    assert not audit.ok
+    assert audit.lost == [(gone.measure, gone.sensor_id, gone.timestamp)]
+
+
 def test_a_reading_under_two_series_is_written_twice(
     played: tuple[Settings, float, list[Reading]],
 ) -> None:
