@@ -47,6 +47,8 @@ def producer(settings: KafkaSettings, **overrides: Any) -> KafkaProducer:
     """A producer that waits for every replica (``acks=all``) and retries."""
     options = connection_options(settings)
     options.update(acks="all", retries=5, linger_ms=5, batch_size=256 * 1024)
+    if settings.compression != "none":
+        options["compression_type"] = settings.compression
     options.update(overrides)
     return KafkaProducer(**options)
 
@@ -65,6 +67,7 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
             # to turn up after the caller retried.
             "message.timeout.ms": 60_000,
             "partitioner": "murmur2_random",
+            "compression.type": settings.compression,
             "logger": logging.getLogger("aircast.kafka.librdkafka"),
         }
     )

@@ -133,6 +133,7 @@ def sink_ddl(table: str, topic: str, settings: Settings, name: str) -> str:
         # the broker shares the machine's cores with the job.
         "properties.batch.size": str(256 * 1024),
         "properties.linger.ms": "20",
+        "properties.compression.type": settings.kafka.compression,
     }
     if settings.flink.delivery == "exactly-once":
         options["sink.transactional-id-prefix"] = f"{settings.flink.group_id}-{name}"
