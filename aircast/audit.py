@@ -306,15 +306,20 @@ def _close(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
 
 
+def _hours(first: int, last: int) -> Iterator[str]:
+    """InfluxQL time conditions covering [first, last] (seconds) an hour at a time."""
+    for start in range(first, last + 1, SLICE_S):
+        yield f"time >= {start}s AND time <= {min(start + SLICE_S - 1, last)}s"
+
+
 def _series_counts(
     influx: InfluxV1, measure: str, first: int, last: int, settings: Settings
 ) -> Iterator[tuple[int, tuple[Any, ...], int, float]]:
     """(sensor id, the series' tags, its points, their sum) per series and hour slice."""
-    for start in range(first, last + 1, SLICE_S):
-        end = min(start + SLICE_S - 1, last)
+    for hour in _hours(first, last):
         q = (
             f'SELECT count("value"), sum("value") FROM {quote_ident(measure)} '
-            f"WHERE time >= {start}s AND time <= {end}s GROUP BY *"
+            f"WHERE {hour} GROUP BY *"
         )
         for series in influx.query(q, settings.influx.raw_database, epoch="s"):
             tags = series.get("tags") or {}
@@ -343,11 +348,10 @@ def _read_suspects(
     ordered = sorted(suspects)
     for i in range(0, len(ordered), SUSPECTS_PER_QUERY):
         which = " OR ".join(f"sensor_id = '{s}'" for s in ordered[i : i + SUSPECTS_PER_QUERY])
-        for start in range(first, last + 1, SLICE_S):
-            end = min(start + SLICE_S - 1, last)
+        for hour in _hours(first, last):
             q = (
                 f'SELECT "value", "sensor_id", "location_id", "city" FROM {quote_ident(measure)} '
-                f"WHERE ({which}) AND time >= {start}s AND time <= {end}s"
+                f"WHERE ({which}) AND {hour}"
             )
             for row in influx.rows(q, settings.influx.raw_database, epoch="s"):
                 if row.get("sensor_id") in (None, ""):
