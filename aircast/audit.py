@@ -294,11 +294,16 @@ def read_influx(settings: Settings, audit: Audit) -> None:
                 or sum(stored[sensor].values()) != n
                 or not _close(sums[sensor], audit.value_sums[(measure, sensor)])
             }
+            found, twice = _read_suspects(influx, settings, measure, suspects, first, last)
             for rid in rids:
                 if rid[1] not in suspects:
                     audit.in_influx.add(rid)
-            if suspects:
-                _read_suspects(influx, settings, audit, measure, rids, suspects, first, last)
+                    continue
+                point = (rid[1], rid[2])
+                if point in found:
+                    audit.in_influx.add(rid)
+                    if point in twice:
+                        audit.doubled[rid] = len(twice[point])
 
 
 def _close(a: float, b: float) -> bool:
@@ -334,15 +339,13 @@ def _series_counts(
 def _read_suspects(
     influx: InfluxV1,
     settings: Settings,
-    audit: Audit,
     measure: str,
-    rids: list[ReadingId],
     suspects: set[int],
     first: int,
     last: int,
-) -> None:
-    """The suspect sensors' points one by one: which expected readings are there, and
-    which are under two series (different tags, same sensor and time)."""
+) -> tuple[dict[tuple[int, int], tuple[Any, Any]], dict[tuple[int, int], set[tuple[Any, Any]]]]:
+    """The suspect sensors' points one by one: (sensor, time) → its first tags, and the
+    points found under more than one tag set (the same sensor and time in two series)."""
     series: dict[tuple[int, int], tuple[Any, Any]] = {}
     twice: dict[tuple[int, int], set[tuple[Any, Any]]] = {}
     ordered = sorted(suspects)
@@ -361,14 +364,7 @@ def _read_suspects(
                 first_tags = series.setdefault(point, tags)
                 if first_tags != tags:
                     twice.setdefault(point, {first_tags}).add(tags)
-    for rid in rids:
-        if rid[1] not in suspects:
-            continue
-        point = (rid[1], rid[2])
-        if point in series:
-            audit.in_influx.add(rid)
-            if point in twice:
-                audit.doubled[rid] = len(twice[point])
+    return series, twice
 
 
 def run_audit(settings: Settings, since: float, until: float | None = None) -> Audit:

@@ -12,8 +12,8 @@ Checked, and written to ``<state>/soak.json`` (and printed) for the README:
   warm-up (a quarter of the run, and at least the longest any state is held by
   design: the Flink job's windows, 10 minutes held back 15 more, and the dedupe
   memories' TTL, plus 2 minutes), no process grows by more than 25 % + 64 MiB from its
-  level at the end of warm-up (the median of its last quarter) to its
-  last quarter's median; except the local in-memory broker, which holds every message
+  level at the end of warm-up (its median over the warm-up's last quarter) to its
+  median over the run's last quarter; except the local in-memory broker, which holds every message
   by design (its growth is reported). The run keeps the ingest's seen-keys and the Flink
   job's dedupe state for ``TTL_S`` (10 minutes; by default 2 days and 2 hours): with
   the defaults both grow by design for longer than any soak, and flatness could not
@@ -45,7 +45,8 @@ import pytest
 
 from aircast.audit import run_audit
 from aircast.pipeline import status as pipeline_status
-from aircast.settings import Settings, StackSettings
+from aircast.records import AGGREGATE_WINDOW_S
+from aircast.settings import FlinkSettings, Settings, StackSettings
 from aircast.simulator import FEED_PATH
 from aircast.stack import control
 from aircast.stack.services import free_port
@@ -65,9 +66,12 @@ LAG_SAMPLE_S = 5
 # The dedupe memories' TTL in the run: longer than a file's span (5 minutes) plus the
 # fetch interval, so a record seen again in the next files is still recognised.
 TTL_S = 600
-# The longest the Flink job keeps a window's state: its 10 minutes, then the watermark's
-# hold-back (out-of-orderness 5 minutes + allowed lateness 10, the defaults).
-WINDOW_STATE_S = 600 + 300 + 600
+# The longest the Flink job keeps a window's state: the window, then the watermark's
+# hold-back (out-of-orderness + allowed lateness; 10 + 5 + 10 minutes by default).
+_FLINK = FlinkSettings()
+WINDOW_STATE_S = (
+    AGGREGATE_WINDOW_S + _FLINK.watermark_out_of_orderness_s + _FLINK.allowed_lateness_s
+)
 # The local JVM's heap for the run: at 10x the network the job's state (the dedupe's
 # 10 minutes of ~3,200 readings/s, ~460,000 sensor-measure windows) wants more than the
 # default 3 GB, where the trial spent 8 % of its time in garbage collection.
