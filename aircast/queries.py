@@ -7,9 +7,9 @@ into InfluxQL.
 
 Shapes read (see :meth:`Reading.line` / :meth:`Aggregate.line`):
 
-* raw database: measurement = measure, tags ``city, country, country_code,
-  location_id, sensor_id, sensor_type``, fields ``lat, lon, value``;
-* aggregates database: same tags, fields ``count, lat, lon, max, mean, min`` at the
+* raw database: measurement = measure, tags ``city, country, country_code, lat,
+  location_id, lon, sensor_id, sensor_type``, field ``value``;
+* aggregates database: same tags, fields ``count, max, mean, min`` at the
   10-minute window's start;
 * predictions database (written here): measurement = measure, tags ``sensor_id,
   horizon`` (10-minute steps), ``kind``, ``version``; fields ``value`` and
@@ -82,7 +82,7 @@ def latest_readings(influx: InfluxV1, database: str, lookback_s: int) -> list[Se
     """Every sensor seen in the last ``lookback_s`` seconds, with its latest value per
     measure and its latest location (a moved sensor is reported where it is now)."""
     q = (
-        f'SELECT "value", "lat", "lon" FROM {_measure_regex()} '
+        f'SELECT "value" FROM {_measure_regex()} '
         f"WHERE time > now() - {int(lookback_s)}s GROUP BY * ORDER BY time DESC LIMIT 1"
     )
     sensors: dict[int, SensorSummary] = {}
@@ -105,6 +105,13 @@ def latest_readings(influx: InfluxV1, database: str, lookback_s: int) -> list[Se
     return sorted(sensors.values(), key=lambda s: s.sensor_id)
 
 
+def _coordinate(text: str | None) -> float:
+    try:
+        return float(text) if text else math.nan
+    except ValueError:
+        return math.nan
+
+
 def _summary(
     sensor_id: int, tags: dict[str, str], row: dict[str, Any], previous: SensorSummary | None
 ) -> SensorSummary:
@@ -113,8 +120,8 @@ def _summary(
         sensor_id=sensor_id,
         sensor_type=tags.get("sensor_type", ""),
         location_id=int(location) if location.isdigit() else 0,
-        latitude=float(row["lat"]) if row.get("lat") is not None else math.nan,
-        longitude=float(row["lon"]) if row.get("lon") is not None else math.nan,
+        latitude=_coordinate(tags.get("lat")),
+        longitude=_coordinate(tags.get("lon")),
         city=tags.get("city", ""),
         country=tags.get("country", ""),
         country_code=tags.get("country_code", ""),

@@ -101,11 +101,15 @@ def _tag_variable(name: str, measure: str, where: str = "") -> dict[str, Any]:
 
 
 def _geomap(pid: int, title: str, target: dict[str, Any], **extra: Any) -> Any:
+    # The coordinates are tags (grouped by): a table result makes them columns, as text,
+    # and the geomap's coordinates must be numbers.
+    numbers = [{"targetField": name, "destinationType": "number"} for name in ("lat", "lon")]
     return _panel(
         pid,
         title,
         "geomap",
-        [target],
+        [{**target, "resultFormat": "table"}],
+        transformations=[{"id": "convertFieldType", "options": {"conversions": numbers}}],
         options={
             "view": {"id": "europe", "lat": 50, "lon": 10, "zoom": 4},
             "layers": [
@@ -181,8 +185,7 @@ def measure_dashboard(m: Measure) -> dict[str, Any]:
             f"{m.label}: where",
             _influx(
                 AGGREGATES,
-                f'SELECT last("mean") AS "mean", last("lat") AS "lat", last("lon") AS "lon" '
-                f'{q} GROUP BY "location_id"',
+                f'SELECT last("mean") AS "mean" {q} GROUP BY "location_id", "lat", "lon"',
             ),
             **field,
         ),
@@ -209,8 +212,8 @@ def map_dashboard() -> dict[str, Any]:
         "Latest 10-minute mean of $measure per location",
         _influx(
             AGGREGATES,
-            'SELECT last("mean") AS "mean", last("lat") AS "lat", last("lon") AS "lon" '
-            'FROM "$measure" WHERE $timeFilter GROUP BY "location_id", "city", "country"',
+            'SELECT last("mean") AS "mean" FROM "$measure" WHERE $timeFilter '
+            'GROUP BY "location_id", "lat", "lon", "city", "country"',
         ),
         gridPos={"h": 20, "w": 24, "x": 0, "y": 0},
     )

@@ -725,11 +725,12 @@ def test_pipeline_dashboard_covers_every_metric() -> None:
 
 
 def test_written_schema_is_the_collectors() -> None:
-    tags = {"city", "country", "country_code", "location_id", "sensor_id", "sensor_type"}
+    tags = {"city", "country", "country_code", "lat", "location_id", "lon", "sensor_id"}
+    tags.add("sensor_type")
     influx = Settings().influx
     assert written() == {
-        influx.raw_database: (tags, {"lat", "lon", "value"}),
-        influx.aggregates_database: (tags, {"count", "lat", "lon", "max", "mean", "min"}),
+        influx.raw_database: (tags, {"value"}),
+        influx.aggregates_database: (tags, {"count", "max", "mean", "min"}),
     }
 
 

@@ -173,13 +173,13 @@ def test_line_protocol_matches_influxdb_client_point(city: str, value: float) ->
         "city": r.city,
         "country": r.country,
         "country_code": r.country_code,
+        "lat": str(r.latitude),
         "location_id": str(r.location_id),
+        "lon": str(r.longitude),
         "sensor_id": str(r.sensor_id),
         "sensor_type": r.sensor_type,
     }
-    assert r.line() == _point(
-        r.measure, tags, {"value": r.value, "lat": r.latitude, "lon": r.longitude}, r.timestamp
-    )
+    assert r.line() == _point(r.measure, tags, {"value": r.value}, r.timestamp)
     agg = R.Aggregate.of([r], R.window_start(r.timestamp))
     assert agg.line() == _point(
         agg.measure,
@@ -189,8 +189,6 @@ def test_line_protocol_matches_influxdb_client_point(city: str, value: float) ->
             "min": agg.min,
             "max": agg.max,
             "count": agg.count,
-            "lat": agg.latitude,
-            "lon": agg.longitude,
         },
         agg.window_start,
     )
