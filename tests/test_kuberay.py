@@ -725,8 +725,16 @@ def test_pipeline_dashboard_covers_every_metric() -> None:
 
 
 def test_written_schema_is_the_collectors() -> None:
-    tags = {"city", "country", "country_code", "lat", "location_id", "lon", "sensor_id"}
-    tags.add("sensor_type")
+    tags = {
+        "city",
+        "country",
+        "country_code",
+        "lat",
+        "location_id",
+        "lon",
+        "sensor_id",
+        "sensor_type",
+    }
     influx = Settings().influx
     assert written() == {
         influx.raw_database: (tags, {"value"}),
