@@ -66,6 +66,8 @@ class Scraper:
             self.records.inc(counts.produced, {"outcome": "produced"})
         if counts.resighted:
             self.records.inc(counts.resighted, {"outcome": "resighted"})
+        if counts.rejected_again:
+            self.records.inc(counts.rejected_again, {"outcome": "rejected_again"})
         for reason, n in counts.rejected.items():
             self.records.inc(n, {"outcome": "duplicate" if reason == "duplicate" else "rejected"})
             self.dead.inc(n, {"stage": "ingest", "reason": reason})
@@ -211,13 +213,14 @@ class Coordinator:
     def _log_snapshot(self, source: str, counts: IngestCounts, seconds: float) -> None:
         log.info(
             "snapshot ingested source=%s records=%d produced=%d resighted=%d values=%d "
-            "rejected=%s cache_hits=%d cache_misses=%d seconds=%.2f",
+            "rejected=%s rejected_again=%d cache_hits=%d cache_misses=%d seconds=%.2f",
             source,
             counts.records,
             counts.produced,
             counts.resighted,
             counts.values_produced,
             dict(counts.rejected),
+            counts.rejected_again,
             counts.cache_hits,
             counts.cache_misses,
             seconds,

@@ -7,6 +7,12 @@ For every feed record of the shard exactly one thing happens:
   bad_timestamp, bad_coordinates, zero_coordinates) and the record as received;
 * the same sensor and timestamp twice in this snapshot → a dead letter ``duplicate`` for
   the second (a defect of the feed);
+* any of those already dead-lettered from an earlier snapshot (the same reason and the
+  record byte for byte) → counted as ``rejected_again``, not lettered again: a bad record
+  stays in the live file for its 5 minutes like any other, and lettered in each file it
+  was five letters for one defect (at 10x the network ~4,600 a minute of ~5,800).
+  Redis keeps ``<prefix>lettered:<digest>`` for ``ingest.dedupe_ttl_s``, set after the
+  letters are acknowledged (a crash in between letters again: at least once);
 * the same sensor and timestamp already produced from an earlier snapshot, with the same
   values → counted as ``resighted``, not a letter: the live API's file covers the last
   5 minutes and is fetched every minute, so each record is *expected* in several
@@ -27,6 +33,7 @@ written twice downstream.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import zlib
@@ -63,6 +70,7 @@ class IngestCounts:
     cache_hits: int = 0
     cache_misses: int = 0
     resighted: int = 0  # already produced from an earlier snapshot, same values
+    rejected_again: int = 0  # already dead-lettered from an earlier snapshot
 
     def merge(self, other: IngestCounts) -> None:
         self.records += other.records
@@ -73,11 +81,12 @@ class IngestCounts:
         self.cache_hits += other.cache_hits
         self.cache_misses += other.cache_misses
         self.resighted += other.resighted
+        self.rejected_again += other.rejected_again
 
     @property
     def accounted(self) -> int:
         """Records with an outcome: every record of a snapshot has exactly one."""
-        return self.produced + self.resighted + sum(self.rejected.values())
+        return self.produced + self.resighted + sum(self.rejected.values()) + self.rejected_again
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +98,7 @@ class IngestCounts:
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
             "resighted": self.resighted,
+            "rejected_again": self.rejected_again,
         }
 
     @classmethod
@@ -102,6 +112,7 @@ class IngestCounts:
             d["cache_hits"],
             d["cache_misses"],
             d["resighted"],
+            d["rejected_again"],
         )
 
 
@@ -113,6 +124,22 @@ def fingerprint(record: FeedRecord) -> str:
     """A short stable digest of a record's values as sent (8 hex digits, never "1")."""
     text = "\x1f".join(f"{t}={v}" for t, v in record.values)
     return f"{zlib.crc32(text.encode()):08x}"
+
+
+@dataclass(frozen=True)
+class _Rejection:
+    reason: str
+    detail: str
+    payload: str  # the record as it stood in the snapshot's JSON
+    values: int
+    key: str | None
+
+    @property
+    def digest(self) -> str:
+        """Which defect this is: the reason and the record byte for byte (the detail may
+        name the snapshot's context; the payload and reason are what a reader dedupes)."""
+        text = f"{self.reason}\x1f{self.payload}".encode()
+        return hashlib.blake2b(text, digest_size=12).hexdigest()
 
 
 class Ingestor:
@@ -146,22 +173,23 @@ class Ingestor:
 
     def process(self, records: list[Any], source: str) -> IngestCounts:
         counts = IngestCounts(records=len(records))
+        rejections: list[_Rejection] = []
         valid: list[tuple[FeedRecord, Any]] = []
         in_shard: set[str] = set()
         for raw in records:
             try:
                 record = parse_feed_record(raw)
             except InvalidRecord as exc:
-                self._reject(counts, exc.reason, exc.detail, raw, source)
+                rejections.append(_rejection(exc.reason, exc.detail, raw))
                 continue
             if record.dedupe_key in in_shard:
-                self._reject(
-                    counts,
-                    DUPLICATE,
-                    f"sensor {record.dedupe_key} repeated in the snapshot",
-                    raw,
-                    source,
-                    record,
+                rejections.append(
+                    _rejection(
+                        DUPLICATE,
+                        f"sensor {record.dedupe_key} repeated in the snapshot",
+                        raw,
+                        record,
+                    )
                 )
                 continue
             in_shard.add(record.dedupe_key)
@@ -176,17 +204,17 @@ class Ingestor:
                 elif before in (fingerprint(record), LEGACY_SEEN):
                     counts.resighted += 1
                 else:
-                    self._reject(
-                        counts,
-                        DUPLICATE,
-                        f"sensor {record.dedupe_key} already taken in with other values "
-                        f"(fingerprint {before}, now {fingerprint(record)})",
-                        raw,
-                        source,
-                        record,
+                    rejections.append(
+                        _rejection(
+                            DUPLICATE,
+                            f"sensor {record.dedupe_key} already taken in with other values "
+                            f"(fingerprint {before}, now {fingerprint(record)})",
+                            raw,
+                            record,
+                        )
                     )
             self._produce(fresh, counts)
-        self.producer.flush()  # dead letters included: acknowledged before we return
+        self._letter(rejections, source, counts)
         return counts
 
     def _produce(self, fresh: list[tuple[FeedRecord, Any]], counts: IngestCounts) -> None:
@@ -219,28 +247,42 @@ class Ingestor:
         counts.produced += len(fresh)
         counts.values_produced += sum(len(r.values) for r, _ in fresh)
 
-    def _reject(
-        self,
-        counts: IngestCounts,
-        reason: str,
-        detail: str,
-        raw: Any,
-        source: str,
-        record: FeedRecord | None = None,
-    ) -> None:
-        values = value_count(raw)
-        # The record as it stood in the snapshot's JSON (a bare string stays quoted).
-        payload = json.dumps(raw, ensure_ascii=False, separators=(",", ":"), default=repr)
-        self.dead.add(
-            reason,
-            detail,
-            payload,
-            key=str(record.sensor_id) if record else None,
-            values=values,
-            source=source,
-        )
-        counts.rejected[reason] += 1
-        counts.rejected_values += values
+    def _lettered_key(self, rejection: _Rejection) -> str:
+        return key(self.settings.redis, "lettered", rejection.digest)
+
+    def _letter(self, rejections: list[_Rejection], source: str, counts: IngestCounts) -> None:
+        """Dead-letter the rejections not lettered from an earlier snapshot; flushed
+        (acknowledged) before they are marked lettered."""
+        if not rejections:
+            return
+        before = self.redis.mget([self._lettered_key(r) for r in rejections])
+        new: dict[str, str] = {}
+        for rejection, lettered in zip(rejections, before, strict=True):
+            if lettered is not None:
+                counts.rejected_again += 1
+                continue
+            self.dead.add(
+                rejection.reason,
+                rejection.detail,
+                rejection.payload,
+                key=rejection.key,
+                values=rejection.values,
+                source=source,
+            )
+            counts.rejected[rejection.reason] += 1
+            counts.rejected_values += rejection.values
+            new[self._lettered_key(rejection)] = "1"
+        # Raises if the broker refused or did not acknowledge any: nothing is marked.
+        self.producer.flush()
+        set_many(self.redis, new, self.settings.ingest.dedupe_ttl_s)
+
+
+def _rejection(reason: str, detail: str, raw: Any, record: FeedRecord | None = None) -> _Rejection:
+    # The record as it stood in the snapshot's JSON (a bare string stays quoted).
+    payload = json.dumps(raw, ensure_ascii=False, separators=(",", ":"), default=repr)
+    return _Rejection(
+        reason, detail, payload, value_count(raw), str(record.sensor_id) if record else None
+    )
 
 
 def shard_of(raw: Any, shards: int) -> int:

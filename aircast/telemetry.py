@@ -23,7 +23,8 @@ INGEST_RECORDS = Metric(
     "aircast_ingest_records_total",
     "counter",
     "Feed records taken in by the scrapers, by outcome (produced, resighted: already "
-    "produced from an earlier snapshot; duplicate, rejected: dead-lettered).",
+    "produced from an earlier snapshot; duplicate, rejected: dead-lettered; "
+    "rejected_again: already dead-lettered from an earlier snapshot).",
     ("outcome",),
 )
 INGEST_SNAPSHOTS = Metric(

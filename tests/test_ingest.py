@@ -177,13 +177,15 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
 
         # The same window again (a repeat of the live API): nothing new is produced, the
         # records already taken are counted as re-sighted, not dead-lettered; what was
-        # wrong with the file (bad envelopes, in-file repeats) is lettered again.
+        # wrong with the file (bad envelopes, in-file repeats) was lettered the first
+        # time and is counted as rejected again, not lettered twice.
         again = HttpSource(server.url, name="simulator").fetch()
         assert again is not None
         counts_again = coordinator.ingest(again)
         assert counts_again.produced == 0
         assert counts_again.resighted == len(keep1)
-        assert counts_again.rejected == rejected1
+        assert counts_again.rejected == Counter()
+        assert counts_again.rejected_again == sum(rejected1.values())
         assert counts_again.accounted == counts_again.records == len(snap1)
 
         # The next window: new readings, every place from the Redis cache.
@@ -195,6 +197,8 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
         assert counts2.resighted == len(keep1 & keep2)  # the windows overlap
         keep2 -= keep1
         assert counts2.produced == len(keep2) > 0
+        assert counts2.rejected_again > 0  # the bad records the windows share
+        assert counts2.accounted == counts2.records
         assert counts2.cache_misses == 0 and counts2.cache_hits > 0
 
     raw = read_topic(settings.kafka, settings.kafka.raw_topic, expect=len(keep1) + len(keep2))
@@ -222,6 +226,8 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
     total = counts1.rejected + counts_again.rejected + counts2.rejected
     assert by_reason == total
     assert all(letter.stage == "ingest" and letter.payload for letter in letters)
+    # One letter per defect, however many files carried it.
+    assert len({(lt.reason, lt.payload) for lt in letters}) == len(letters)
 
 
 BAD: list[tuple[Any, str]] = [
@@ -264,10 +270,17 @@ def test_bad_records_are_dead_lettered_with_reason(stack_settings: Settings) -> 
     settings = fresh(stack_settings)
     ingestor = Ingestor(settings)
     good = json.loads(Path(settings.data.feed_sample).read_text())[:5]
-    counts = ingestor.process([raw for raw, _ in BAD] + good + good[:1], "test")
+    snapshot = [raw for raw, _ in BAD] + good + good[:1]
+    counts = ingestor.process(snapshot, "test")
+    # The same file again (the live API's file spans 5 minutes, fetched every minute):
+    # its defects were lettered already; they are counted, not lettered twice.
+    again = ingestor.process(snapshot, "test")
     ingestor.close()
     assert counts.produced == 5
     assert counts.rejected == Counter([reason for _, reason in BAD] + [R.DUPLICATE])
+    assert (again.produced, again.resighted, again.rejected) == (0, 5, Counter())
+    assert again.rejected_again == len(BAD) + 1
+    assert again.accounted == again.records == len(snapshot)
     letters = [
         DeadLetter.from_json(v)
         for _, v in read_topic(
@@ -291,9 +304,11 @@ def test_a_record_seen_again_is_counted_unless_its_values_changed(
     ingestor = Ingestor(settings)
     first = ingestor.process(good, "test")
     again = ingestor.process([good[0], changed, good[2]], "test")
+    third = ingestor.process([good[0], changed, good[2]], "test")  # lettered once
     ingestor.close()
     assert (first.produced, first.resighted, sum(first.rejected.values())) == (3, 0, 0)
     assert (again.produced, again.resighted, dict(again.rejected)) == (0, 2, {R.DUPLICATE: 1})
+    assert (third.resighted, dict(third.rejected), third.rejected_again) == (2, {}, 1)
     raw = read_topic(settings.kafka, settings.kafka.raw_topic, expect=3)
     produced = {json.loads(v)["sensor"]["id"]: json.loads(v)["sensordatavalues"] for _, v in raw}
     assert produced == {g["sensor"]["id"]: g["sensordatavalues"] for g in good}  # first stands
@@ -314,19 +329,22 @@ def test_nothing_is_marked_seen_unless_the_broker_acknowledged_it(
     and the retry (the coordinator's, here by hand) produces every record."""
     settings = fresh(stack_settings)
     good = json.loads(Path(settings.data.feed_sample).read_text())[:4]
+    malformed = BAD[0][0]
     nowhere = settings.kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
     unacknowledged = Ingestor(settings, producer=Producer(nowhere, **{"message.timeout.ms": 1500}))
     with pytest.raises(ProduceError, match="not stored"):
-        unacknowledged.process(good, "test")
+        unacknowledged.process([*good, malformed], "test")
     unacknowledged.redis.close()
     client = redis_client(settings.redis)
     assert client.keys(f"{settings.redis.key_prefix}seen:*") == []
+    assert client.keys(f"{settings.redis.key_prefix}lettered:*") == []
     client.close()
     ingestor = Ingestor(settings)
-    counts = ingestor.process(good, "test")
+    counts = ingestor.process([*good, malformed], "test")
     ingestor.close()
-    assert (counts.produced, counts.resighted) == (4, 0)
+    assert (counts.produced, counts.resighted, counts.rejected) == (4, 0, {R.MALFORMED: 1})
     assert len(read_topic(settings.kafka, settings.kafka.raw_topic, expect=4)) == 4
+    assert len(read_topic(settings.kafka, settings.kafka.dead_letter_topic, expect=1)) == 1
 
 
 def test_a_sensor_keeps_the_partition_java_and_kafka_python_give_it(
