@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import pkgutil
 import signal
 import sys
@@ -104,11 +105,15 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         if "ray" in settings.stack.services and not args.no_pipeline:
             running = _start_pipeline(settings)
         console.print("pipeline running; press Ctrl-C to stop")
-        last = 0.0
+        last = counted = -math.inf
         while not stop:
             if time.monotonic() - last >= args.status_every:
-                _print_status(settings, running)
+                # InfluxDB's counts scan every series (aircast.pipeline): now and then.
+                count = args.count_every > 0 and time.monotonic() - counted >= args.count_every
+                _print_status(settings, running, influx=count)
                 last = time.monotonic()
+                if count:
+                    counted = last
             if args.once:
                 break
             time.sleep(0.5)
@@ -157,11 +162,11 @@ def _start_pipeline(settings: Settings) -> Any:
     return running
 
 
-def _print_status(settings: Settings, running: Any) -> None:
+def _print_status(settings: Settings, running: Any, *, influx: bool) -> None:
     from aircast import pipeline
 
     try:
-        line = pipeline.status(settings).line()
+        line = pipeline.status(settings, influx=influx).line()
     except Exception as exc:
         line = f"status unavailable: {exc}"
     jobs = ""
@@ -190,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the stack up on exit")
     p.add_argument("--no-pipeline", action="store_true", help="only the stack")
     p.add_argument("--status-every", type=float, default=15.0, help="seconds between lines")
+    p.add_argument(
+        "--count-every",
+        type=float,
+        default=300.0,
+        help="seconds between the lines that also count InfluxDB's last hour of points "
+        "(each count scans every series; 0: never)",
+    )
     p.set_defaults(func=cmd_run)
 
     from aircast import commands

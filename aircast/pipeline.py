@@ -1,6 +1,14 @@
 """Where each stage of the running pipeline stands: topic sizes, the collectors' lag,
-dead letters and recent points in InfluxDB. Read-only; used by `aircast run` and
-`aircast pipeline status`."""
+dead letters and recent points in InfluxDB. Read-only; `aircast run` prints it.
+
+The Kafka side is cheap (end offsets, committed offsets). The InfluxDB counts are not:
+InfluxDB 1.6 opens a cursor on every series a query names, whatever its time range. At
+10x the network (~920,000 series) one count of the last hour took 33 s and 18 CPU-s of
+influxd, a count of the last minute 60 s and 25 CPU-s; `aircast run` had asked for two
+every 15-30 s, so influxd was never without one (CPU, and memory that grew). They are
+asked for rarely now (``aircast run --count-every``); the collectors' lag, which counts
+only what InfluxDB acknowledged (offsets are committed after a good write), is the
+every-line signal."""
 
 from __future__ import annotations
 
@@ -27,16 +35,23 @@ class PipelineStatus:
     flink_lag: int | None  # raw records past the Flink job's last checkpointed offsets
     raw_points_1h: int | None  # readings written to InfluxDB in the last hour (by time)
     aggregate_points_1h: int | None
+    # Whether InfluxDB was asked (the counts above: None is then "unknown", e.g. no
+    # database yet); a line without them does not show them.
+    influx_counted: bool = True
 
     def line(self) -> str:
         t = self.topics
-        return (
+        text = (
             f"raw={t.get('raw', 0)} readings={t.get('readings', 0)} "
             f"aggregates={t.get('aggregates', 0)} dead_letters={t.get('dead_letter', 0)} "
-            f"flink_lag={self.flink_lag} collector_lag={self.collector_lag} "
-            f"influx_points_1h={self.raw_points_1h} "
-            f"aggregate_points_1h={self.aggregate_points_1h}"
+            f"flink_lag={self.flink_lag} collector_lag={self.collector_lag}"
         )
+        if self.influx_counted:
+            text += (
+                f" influx_points_1h={self.raw_points_1h}"
+                f" aggregate_points_1h={self.aggregate_points_1h}"
+            )
+        return text
 
 
 def _end_offsets(consumer: KafkaConsumer, topic: str) -> dict[TopicPartition, int]:
@@ -47,8 +62,7 @@ def _end_offsets(consumer: KafkaConsumer, topic: str) -> dict[TopicPartition, in
 
 def status(settings: Settings, *, influx: bool = True) -> PipelineStatus:
     """Where each stage stands; ``influx=False`` skips the two counts of the last hour's
-    points (at 10x the network each costs InfluxDB seconds of CPU: not for a tight
-    loop such as the soak's lag sampling)."""
+    points (see the module's docstring for what they cost: not for a loop)."""
     k = settings.kafka
     names = {
         "raw": k.raw_topic,
@@ -73,7 +87,7 @@ def status(settings: Settings, *, influx: bool = True) -> PipelineStatus:
         ],
     )
     if not influx:
-        return PipelineStatus(topics, lag, flink_lag, None, None)
+        return PipelineStatus(topics, lag, flink_lag, None, None, influx_counted=False)
     raw = _recent(settings, settings.influx.raw_database, "value")
     agg = _recent(settings, settings.influx.aggregates_database, "mean")
     return PipelineStatus(topics, lag, flink_lag, raw, agg)

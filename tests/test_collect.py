@@ -387,6 +387,10 @@ def test_pipeline_status_shows_lag_until_the_collector_commits(stack_settings: S
     assert (after.collector_lag, after.flink_lag) == (0, 5)
     assert (after.raw_points_1h, after.aggregate_points_1h) == (len(readings), 0)
     assert f"flink_lag=5 collector_lag=0 influx_points_1h={len(readings)}" in after.line()
+    # Not asked (aircast run's lines between counts): not shown, rather than "None".
+    quick = status(settings, influx=False)
+    assert (quick.collector_lag, quick.influx_counted) == (0, False)
+    assert quick.line().endswith("flink_lag=5 collector_lag=0")
 
 
 def test_the_lag_report_is_exact_and_does_not_stall_a_caught_up_collector(
