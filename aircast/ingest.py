@@ -7,8 +7,9 @@ For every feed record of the shard exactly one thing happens:
   bad_timestamp, bad_coordinates, zero_coordinates) and the record as received;
 * the same sensor and timestamp twice in this snapshot → a dead letter ``duplicate`` for
   the second (a defect of the feed);
-* any of those already dead-lettered from an earlier snapshot (the same reason and the
-  record byte for byte) → counted as ``rejected_again``, not lettered again: a bad record
+* any of those already dead-lettered, from an earlier snapshot or earlier in this one
+  (the same reason and the record byte for byte: e.g. a bad record the feed repeated)
+  → counted as ``rejected_again``, not lettered again: a bad record
   stays in the live file for its 5 minutes like any other, and lettered in each file it
   was five letters for one defect (at 10x the network ~4,600 a minute of ~5,800).
   Redis keeps ``<prefix>lettered:<digest>`` for ``ingest.dedupe_ttl_s``, set after the
@@ -70,7 +71,7 @@ class IngestCounts:
     cache_hits: int = 0
     cache_misses: int = 0
     resighted: int = 0  # already produced from an earlier snapshot, same values
-    rejected_again: int = 0  # already dead-lettered from an earlier snapshot
+    rejected_again: int = 0  # the same defect already dead-lettered (earlier or here)
 
     def merge(self, other: IngestCounts) -> None:
         self.records += other.records
@@ -251,14 +252,15 @@ class Ingestor:
         return key(self.settings.redis, "lettered", rejection.digest)
 
     def _letter(self, rejections: list[_Rejection], source: str, counts: IngestCounts) -> None:
-        """Dead-letter the rejections not lettered from an earlier snapshot; flushed
-        (acknowledged) before they are marked lettered."""
+        """Dead-letter the rejections not lettered before (in an earlier snapshot or in
+        this one); flushed (acknowledged) before they are marked lettered."""
         if not rejections:
             return
         before = self.redis.mget([self._lettered_key(r) for r in rejections])
         new: dict[str, str] = {}
         for rejection, lettered in zip(rejections, before, strict=True):
-            if lettered is not None:
+            name = self._lettered_key(rejection)
+            if lettered is not None or name in new:  # an earlier file, or this one
                 counts.rejected_again += 1
                 continue
             self.dead.add(
@@ -271,7 +273,7 @@ class Ingestor:
             )
             counts.rejected[rejection.reason] += 1
             counts.rejected_values += rejection.values
-            new[self._lettered_key(rejection)] = "1"
+            new[name] = "1"
         # Raises if the broker refused or did not acknowledge any: nothing is marked.
         self.producer.flush()
         set_many(self.redis, new, self.settings.ingest.dedupe_ttl_s)

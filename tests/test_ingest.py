@@ -57,20 +57,21 @@ def fresh(settings: Settings, **ingest: Any) -> Settings:
 
 
 def expected(snapshot: list[dict[str, Any]]) -> tuple[set[str], Counter[str]]:
-    """Independent account: the dedupe keys that must be produced, and rejections."""
+    """Independent account: the dedupe keys that must be produced, and the letters by
+    reason (one per defect: a bad record repeated in the file is lettered once)."""
     keep: set[str] = set()
-    rejected: Counter[str] = Counter()
+    defects: set[tuple[str, str]] = set()
     for raw in snapshot:
         try:
             rec = R.parse_feed_record(raw)
         except R.InvalidRecord as exc:
-            rejected[exc.reason] += 1
+            defects.add((exc.reason, json.dumps(raw, sort_keys=True)))
             continue
         if rec.dedupe_key in keep:
-            rejected[R.DUPLICATE] += 1
+            defects.add((R.DUPLICATE, json.dumps(raw, sort_keys=True)))
         else:
             keep.add(rec.dedupe_key)
-    return keep, rejected
+    return keep, Counter(reason for reason, _ in defects)
 
 
 def test_simulator_is_deterministic_and_speaks_http() -> None:
@@ -173,6 +174,9 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
         assert counts1.records == len(snap1)
         assert counts1.produced == len(keep1)
         assert counts1.rejected == rejected1
+        # A defect the file repeats (a bad record duplicated) is lettered once.
+        assert counts1.rejected_again == len(snap1) - len(keep1) - sum(rejected1.values())
+        assert counts1.accounted == counts1.records
         assert counts1.cache_misses > 0
 
         # The same window again (a repeat of the live API): nothing new is produced, the
@@ -185,7 +189,7 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
         assert counts_again.produced == 0
         assert counts_again.resighted == len(keep1)
         assert counts_again.rejected == Counter()
-        assert counts_again.rejected_again == sum(rejected1.values())
+        assert counts_again.rejected_again == len(snap1) - len(keep1)
         assert counts_again.accounted == counts_again.records == len(snap1)
 
         # The next window: new readings, every place from the Redis cache.
@@ -197,15 +201,28 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
         assert counts2.resighted == len(keep1 & keep2)  # the windows overlap
         keep2 -= keep1
         assert counts2.produced == len(keep2) > 0
-        assert counts2.rejected_again > 0  # the bad records the windows share
-        assert counts2.accounted == counts2.records
         assert counts2.cache_misses == 0 and counts2.cache_hits > 0
 
-    raw = read_topic(settings.kafka, settings.kafka.raw_topic, expect=len(keep1) + len(keep2))
+        # A minute on (the live API's next file overlaps this one by 4 minutes): the
+        # shared records re-sighted, the shared defects counted, not lettered again.
+        window[0] = WINDOW_2 + 60
+        third = source.fetch()
+        assert third is not None
+        counts3 = coordinator.ingest(third)
+        snap3 = net.snapshot(WINDOW_2 + 60)
+        keep3, rejected3 = expected(snap3)
+        assert counts3.resighted == len(keep2 & keep3) > 0
+        assert counts3.produced == len(keep3 - keep2 - keep1)
+        assert 0 < sum(counts3.rejected.values()) < sum(rejected3.values())  # some new
+        assert sum(counts3.rejected.values()) + counts3.rejected_again == len(snap3) - len(keep3)
+        assert counts3.accounted == counts3.records == len(snap3)
+
+    every = keep1 | keep2 | keep3
+    raw = read_topic(settings.kafka, settings.kafka.raw_topic, expect=len(every))
     produced = [json.loads(v) for _, v in raw]
     keys = [R.parse_feed_record(p).dedupe_key for p in produced]
-    assert len(keys) == len(set(keys)) == len(keep1) + len(keep2)  # exactly once
-    assert set(keys) == keep1 | keep2
+    assert len(keys) == len(set(keys)) == len(every)  # exactly once
+    assert set(keys) == every
     assert all(
         k == str(p["sensor"]["id"]).encode() for (k, _), p in zip(raw, produced, strict=True)
     )
@@ -219,11 +236,12 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
             settings.kafka.dead_letter_topic,
             expect=sum(counts1.rejected.values())
             + sum(counts_again.rejected.values())
-            + sum(counts2.rejected.values()),
+            + sum(counts2.rejected.values())
+            + sum(counts3.rejected.values()),
         )
     ]
     by_reason = Counter(letter.reason for letter in letters)
-    total = counts1.rejected + counts_again.rejected + counts2.rejected
+    total = counts1.rejected + counts_again.rejected + counts2.rejected + counts3.rejected
     assert by_reason == total
     assert all(letter.stage == "ingest" and letter.payload for letter in letters)
     # One letter per defect, however many files carried it.
