@@ -201,7 +201,9 @@ def test_soak(tmp_path: Path) -> None:
         drain_until = time.monotonic() + 1200
         settle = time.monotonic() + 300
         time.sleep(30)
-        while time.monotonic() < settle and pipeline_status(settings).collector_lag != 0:
+        while (
+            time.monotonic() < settle and pipeline_status(settings, influx=False).collector_lag != 0
+        ):
             time.sleep(10)
         audit = run_audit(settings, since, until)
         audits = 1
