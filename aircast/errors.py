@@ -4,6 +4,7 @@ AircastError
 ├── ConfigError          settings that cannot be built or are inconsistent
 ├── StackError           the local stack cannot start, is already up, or is unhealthy
 ├── ProduceError         the broker refused a message or did not acknowledge it in time
+├── BrokerError          the broker could not be reached to read a topic
 ├── StorageError         InfluxDB refused or could not be reached
 │   └── BackpressureError  the server asked us to slow down (HTTP 429/503); retry later
 └── InvalidRecord        one input record cannot be used; carries a dead-letter reason
@@ -26,6 +27,10 @@ class StackError(AircastError):
 
 class ProduceError(AircastError):
     """Kafka did not store a message that was sent (refused, or no acknowledgement)."""
+
+
+class BrokerError(AircastError):
+    """Kafka could not be reached (or answered with an error) while reading a topic."""
 
 
 class StorageError(AircastError):

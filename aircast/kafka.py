@@ -22,7 +22,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from aircast.errors import ProduceError
+from aircast.errors import BrokerError, ProduceError
 from aircast.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -188,11 +188,20 @@ def scan(
     after ``STALL_S`` without a message."""
     consumer = fast_consumer(settings, f"{settings.client_id}-scan-{uuid.uuid4().hex[:8]}")
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None or metadata.error is not None or not metadata.partitions:
-            return
-        wanted = [confluent_kafka.TopicPartition(topic, p, since_ms) for p in metadata.partitions]
-        starts = consumer.offsets_for_times(wanted, timeout=10)
+        try:
+            metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if metadata is None or metadata.error is not None or not metadata.partitions:
+                return
+            wanted = [
+                confluent_kafka.TopicPartition(topic, p, since_ms) for p in metadata.partitions
+            ]
+            starts = consumer.offsets_for_times(wanted, timeout=10)
+        except confluent_kafka.KafkaException as exc:
+            # A tool (the audit) must say the broker is away, not that the topic is empty.
+            raise BrokerError(
+                f"Kafka at {settings.bootstrap_servers} could not be read "
+                f"(topic {topic}): {exc.args[0].str() if exc.args else exc}"
+            ) from exc
         # -1: no message at or after since_ms in that partition.
         starts = [tp for tp in starts if tp.offset >= 0]
         if not starts:

@@ -22,6 +22,7 @@ from aircast.kafka import ensure_topics, producer
 from aircast.records import DUPLICATE, MALFORMED, Reading, Rejection
 from aircast.settings import Settings
 from aircast.simulator import Faults, Network
+from aircast.stack.services import free_port
 
 from .conftest import REPO, unique
 
@@ -204,3 +205,23 @@ def test_a_missing_dead_letter_and_the_cli(stack_settings: Settings, tmp_path: P
     last = json.loads(done.stdout.strip().splitlines()[-1])
     assert last["ok"] is False and last["rejection_differences"] == {MALFORMED: [1, 0]}
     assert "NOT conserved" in done.stderr
+
+
+def test_the_cli_says_when_the_broker_is_away(stack_settings: Settings, tmp_path: Path) -> None:
+    """No broker: a clear error and exit 2, not a traceback, and never "conserved"."""
+    config = tmp_path / "audit.yaml"
+    away = {
+        **stack_settings.kafka.model_dump(mode="json"),
+        "bootstrap_servers": f"127.0.0.1:{free_port()}",
+    }
+    config.write_text(json.dumps({"kafka": away}))
+    done = subprocess.run(
+        [sys.executable, "-m", "aircast.cli", "--config", str(config), "audit", "--since", "5m"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "error:" in done.stderr and "could not be read" in done.stderr
+    assert "Traceback" not in done.stderr and "conserved" not in done.stderr
