@@ -31,6 +31,10 @@ Resolution = Literal["raw", "10m"]
 _NS = 1_000_000_000
 # Sensors per InfluxQL statement when fetching histories (the OR list stays short).
 _SENSORS_PER_QUERY = 200
+# Queries over every sensor are answered in chunks of this many rows (see
+# InfluxV1.query): one answer built whole for ~100,000 series (a measure at 10x the
+# network) was suspected in influxd's memory steps every forecast refresh.
+_CHUNK_ROWS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +90,7 @@ def latest_readings(influx: InfluxV1, database: str, lookback_s: int) -> list[Se
         f"WHERE time > now() - {int(lookback_s)}s GROUP BY * ORDER BY time DESC LIMIT 1"
     )
     sensors: dict[int, SensorSummary] = {}
-    for series in influx.query(q, database, epoch="s"):
+    for series in influx.query(q, database, epoch="s", chunk_size=_CHUNK_ROWS):
         tags: dict[str, str] = series.get("tags", {})
         columns: list[str] = series["columns"]
         for values in series.get("values", []):
@@ -213,7 +217,7 @@ def histories(
                 continue
             where += f" AND ({_sensor_clause(chunk)})"
         q = f'SELECT "mean" FROM {quote_ident(measure)} WHERE {where} GROUP BY "sensor_id"'
-        for series in influx.query(q, database, epoch="s"):
+        for series in influx.query(q, database, epoch="s", chunk_size=_CHUNK_ROWS):
             sid = series.get("tags", {}).get("sensor_id", "")
             if not sid.isdigit():
                 continue
