@@ -205,17 +205,11 @@ class InfluxV1:
                 if "error" in result:
                     raise StorageError(f"InfluxQL error: {result['error']} (query: {q})")
                 for part in result.get("series", []):
+                    # A chunked answer marks a series continued in the next chunk "partial".
                     last = series[-1] if series else None
-                    if (
-                        chunk_size
-                        and last is not None
-                        and last.pop("partial", False)
-                        and (last.get("name"), last.get("tags"))
-                        == (part.get("name"), part.get("tags"))
-                    ):
+                    if last is not None and last.get("partial") and _same_series(last, part):
                         last["values"].extend(part.get("values", []))
-                        if part.get("partial"):
-                            last["partial"] = True
+                        last["partial"] = part.get("partial", False)
                     else:
                         series.append(part)
         for part in series:
@@ -270,6 +264,10 @@ class InfluxV1:
         clause = f" WHERE {where}" if where else ""
         rows = self.rows(f'SELECT count("value") FROM {quote_ident(measurement)}{clause}', database)
         return int(rows[0]["count"]) if rows else 0
+
+
+def _same_series(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a.get("name"), a.get("tags")) == (b.get("name"), b.get("tags"))
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -9,9 +9,9 @@ For every feed record of the shard exactly one thing happens:
   the second (a defect of the feed);
 * any of those already dead-lettered, from an earlier snapshot or earlier in this one
   (the same reason and the record byte for byte: e.g. a bad record the feed repeated)
-  → counted as ``rejected_again``, not lettered again: a bad record
-  stays in the live file for its 5 minutes like any other, and lettered in each file it
-  was five letters for one defect (at 10x the network ~4,600 a minute of ~5,800).
+  → counted as ``rejected_again``, not lettered again: a bad record stays in the live
+  file for its 5 minutes like any other, and lettered in each file it was five letters
+  for one defect (at 10x the network ~4,600 a minute of ~5,800).
   Redis keeps ``<prefix>lettered:<digest>`` for ``ingest.dedupe_ttl_s``, set after the
   letters are acknowledged (a crash in between letters again: at least once);
 * the same sensor and timestamp already produced from an earlier snapshot, with the same
@@ -256,10 +256,11 @@ class Ingestor:
         this one); flushed (acknowledged) before they are marked lettered."""
         if not rejections:
             return
-        before = self.redis.mget([self._lettered_key(r) for r in rejections])
+        names = [self._lettered_key(r) for r in rejections]
         new: dict[str, str] = {}
-        for rejection, lettered in zip(rejections, before, strict=True):
-            name = self._lettered_key(rejection)
+        for rejection, name, lettered in zip(
+            rejections, names, self.redis.mget(names), strict=True
+        ):
             if lettered is not None or name in new:  # an earlier file, or this one
                 counts.rejected_again += 1
                 continue
