@@ -19,7 +19,7 @@ Shapes read (see :meth:`Reading.line` / :meth:`Aggregate.line`):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +35,12 @@ _SENSORS_PER_QUERY = 200
 # InfluxV1.query): a history query over 100,000 series (a measure at 10x the network)
 # raised influxd's memory by 1.29 GB answered whole, by 0.66 GB in chunks.
 _CHUNK_ROWS = 10_000
+# Histories of every sensor are read in pages of about this many series (sensor_id
+# mod 10**k): at 10x the network one measure has ~100,000 series, and one query over
+# all of them held ~2 GB more of influxd's heap at each forecast refresh (soak,
+# 2026-12-03) while a page's cost is bounded by its size.
+_SERIES_PER_PAGE = 2_000
+_MAX_PAGE_DIGITS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +197,80 @@ class History:
     means: tuple[float, ...]
 
 
+def _points_to_histories(
+    found: Iterable[dict[str, Any]], measure: str, window: int
+) -> dict[int, History]:
+    step = AGGREGATE_WINDOW_S
+    points: dict[int, dict[int, float]] = {}
+    for series in found:
+        sid = series.get("tags", {}).get("sensor_id", "")
+        if not sid.isdigit():
+            continue
+        target = points.setdefault(int(sid), {})
+        for when, mean in series.get("values", []):
+            if mean is not None:
+                target[int(when) - int(when) % step] = float(mean)
+    out: dict[int, History] = {}
+    for sid, by_time in points.items():
+        last = max(by_time)
+        starts = range(last - (window - 1) * step, last + step, step)
+        out[sid] = History(sid, measure, last, tuple(by_time.get(t, math.nan) for t in starts))
+    return out
+
+
+def _history_query(measure: str, lookback_s: int, clause: str | None) -> str:
+    where = f"time > now() - {int(lookback_s)}s"
+    if clause:
+        where += f" AND ({clause})"
+    return f'SELECT "mean" FROM {quote_ident(measure)} WHERE {where} GROUP BY "sensor_id"'
+
+
+def series_count(influx: InfluxV1, database: str, measure: str) -> int:
+    """InfluxDB's estimate of ``measure``'s series (a sketch: cheap, not exact)."""
+    rows = influx.rows(f"SHOW SERIES CARDINALITY FROM {quote_ident(measure)}", database)
+    return sum(int(r.get("count") or 0) for r in rows)
+
+
+def page_digits(series: int, per_page: int = _SERIES_PER_PAGE) -> int:
+    """How many trailing digits of the sensor id pick a page: the fewest that keep a
+    page at ``per_page`` series or fewer (sensor ids' last digits are about uniform)."""
+    digits = 0
+    while digits < _MAX_PAGE_DIGITS and series > per_page * 10**digits:
+        digits += 1
+    return digits
+
+
+def page_clause(page: int, digits: int) -> str | None:
+    """The tag condition of sensors whose id mod ``10**digits`` is ``page``
+    (None: one page holds every sensor)."""
+    if digits == 0:
+        return None
+    if not 0 <= page < 10**digits:
+        raise ValueError(f"page {page} is not below 10**{digits}")
+    # An id shorter than the suffix is the page number itself (7 is in page 7, not 07).
+    pattern = f"^([0-9]*{page:0{digits}d}|{page})$"
+    return f"{quote_ident('sensor_id')} =~ /{pattern}/"
+
+
+def history_pages(
+    influx: InfluxV1,
+    database: str,
+    measure: str,
+    window: int,
+    lookback_s: int,
+    per_page: int = _SERIES_PER_PAGE,
+) -> Iterator[dict[int, History]]:
+    """Histories of every sensor with an aggregate of ``measure`` in the last
+    ``lookback_s`` seconds, one page of sensors at a time (each sensor whole in one
+    page), so neither influxd nor the caller holds every series at once."""
+    digits = page_digits(series_count(influx, database, measure), per_page)
+    for page in range(10**digits):
+        q = _history_query(measure, lookback_s, page_clause(page, digits))
+        yield _points_to_histories(
+            influx.query(q, database, epoch="s", chunk_size=_CHUNK_ROWS), measure, window
+        )
+
+
 def histories(
     influx: InfluxV1,
     database: str,
@@ -202,34 +282,16 @@ def histories(
     """Histories of ``measure`` for the given sensors (all sensors with an aggregate in
     the last ``lookback_s`` seconds when ``sensor_ids`` is None), each anchored at its
     own latest aggregate."""
-    step = AGGREGATE_WINDOW_S
-    size = _SENSORS_PER_QUERY
-    chunks: list[Sequence[int] | None] = (
-        [None]
-        if sensor_ids is None
-        else [sensor_ids[i : i + size] for i in range(0, len(sensor_ids), size)]
-    )
-    points: dict[int, dict[int, float]] = {}
-    for chunk in chunks:
-        where = f"time > now() - {int(lookback_s)}s"
-        if chunk is not None:
-            if not chunk:
-                continue
-            where += f" AND ({_sensor_clause(chunk)})"
-        q = f'SELECT "mean" FROM {quote_ident(measure)} WHERE {where} GROUP BY "sensor_id"'
-        for series in influx.query(q, database, epoch="s", chunk_size=_CHUNK_ROWS):
-            sid = series.get("tags", {}).get("sensor_id", "")
-            if not sid.isdigit():
-                continue
-            target = points.setdefault(int(sid), {})
-            for when, mean in series.get("values", []):
-                if mean is not None:
-                    target[int(when) - int(when) % step] = float(mean)
     out: dict[int, History] = {}
-    for sid, by_time in points.items():
-        last = max(by_time)
-        starts = range(last - (window - 1) * step, last + step, step)
-        out[sid] = History(sid, measure, last, tuple(by_time.get(t, math.nan) for t in starts))
+    if sensor_ids is None:
+        for page in history_pages(influx, database, measure, window, lookback_s):
+            out.update(page)
+        return out
+    size = _SENSORS_PER_QUERY
+    for i in range(0, len(sensor_ids), size):
+        q = _history_query(measure, lookback_s, _sensor_clause(sensor_ids[i : i + size]))
+        found = influx.query(q, database, epoch="s", chunk_size=_CHUNK_ROWS)
+        out.update(_points_to_histories(found, measure, window))
     return out
 
 

@@ -113,6 +113,8 @@ class RefreshStatus(BaseModel):
     duration_s: float | None = None
     error: str | None = None
     cleared: int | None = None
+    # epoch s of the next scheduled refresh (a restarted replica resumes the schedule)
+    next_at: int | None = None
 
 
 class Problem(BaseModel):

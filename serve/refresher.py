@@ -1,6 +1,8 @@
 """The Refresher deployment (one replica): every ``settings.serve.forecast_refresh_s``
 it recomputes the forecast of every series that has recent 10-minute aggregates and
-stores them (Redis + InfluxDB ``predictions``), so API reads are lookups.
+stores them (Redis + InfluxDB ``predictions``), so API reads are lookups. Histories
+are read one page of sensors at a time; a restarted replica resumes the schedule
+(the last refresh's time is in Redis) instead of refreshing at once.
 
 Baselines are computed here; series with a trained model (kind ``rnn``) go to the
 Forecaster deployment under their multiplexed model id, so the model stays loaded on
@@ -21,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from aircast.cache import redis_client
 from aircast.errors import StorageError
 from aircast.influx import InfluxV1
-from aircast.queries import histories, measures_with_aggregates
+from aircast.queries import history_pages, measures_with_aggregates
 from aircast.registry import ModelEntry, Registry
 from aircast.settings import Settings
 from serve import forecasts
@@ -44,14 +46,41 @@ class Refresher:
         self.redis = redis_client(settings.redis)
         self.registry = Registry(settings.train.registry_dir, self.redis, settings.redis.key_prefix)
         self._lock = asyncio.Lock()
-        self._last: dict[str, Any] = {"finished_at": None, "forecasts": 0, "error": None}
+        self._last: dict[str, Any] = {
+            "finished_at": None,
+            "forecasts": 0,
+            "error": None,
+            "next_at": None,
+        }
         try:
             await asyncio.to_thread(self.influx.ensure_databases)
         except StorageError as exc:  # the loop retries; the API reports it on /health
             log.warning("influx databases not ensured error=%s", exc)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
+    def _refreshed_key(self) -> str:
+        return f"{self.settings.redis.key_prefix}forecasts:refreshed_at"
+
+    def _first_wait_s(self) -> float:
+        """A restarted replica waits out the rest of the last refresh's interval: the
+        stored forecasts are still good, and a refresh reads every sensor's history
+        (at 10x ~100 CPU-s of influxd), so replica restarts must not multiply it."""
+        try:
+            raw = self.redis.get(self._refreshed_key())
+        except Exception as exc:  # Redis away: refresh now; the API reports Redis itself
+            log.warning("last refresh time not read error=%s", exc)
+            return 0.0
+        if raw is None:
+            return 0.0
+        due = float(raw) + self.settings.serve.forecast_refresh_s
+        return max(0.0, min(due - time.time(), self.settings.serve.forecast_refresh_s))
+
     async def _loop(self) -> None:
+        wait = await asyncio.to_thread(self._first_wait_s)
+        self._last["next_at"] = int(time.time() + wait)
+        if wait > 0:
+            log.info("forecast refresh resumes in_s=%.0f (stored forecasts are current)", wait)
+            await asyncio.sleep(wait)
         while True:
             try:
                 await self.refresh()
@@ -74,14 +103,25 @@ class Refresher:
             try:
                 count = await self._refresh_all()
             except StorageError as exc:
-                self._last = {"finished_at": int(time.time()), "forecasts": 0, "error": str(exc)}
+                self._last = {
+                    "finished_at": int(time.time()),
+                    "forecasts": 0,
+                    "error": str(exc),
+                    "next_at": int(time.time() + self.settings.serve.forecast_refresh_s),
+                }
                 raise
+            finished = time.time()
             self._last = {
-                "finished_at": int(time.time()),
+                "finished_at": int(finished),
                 "forecasts": count,
                 "duration_s": round(time.monotonic() - started, 3),
                 "error": None,
+                "next_at": int(finished + self.settings.serve.forecast_refresh_s),
             }
+            try:
+                await asyncio.to_thread(self.redis.set, self._refreshed_key(), str(finished))
+            except Exception as exc:  # only costs a refresh on the next replica start
+                log.warning("last refresh time not stored error=%s", exc)
             log.info(
                 "forecasts refreshed count=%d duration_s=%.2f", count, self._last["duration_s"]
             )
@@ -99,18 +139,20 @@ class Refresher:
                 [self.settings.train.window]
                 + [forecasts.history_steps(e) for (m, _), e in entries.items() if m == measure]
             )
-            found = await asyncio.to_thread(
-                histories, self.influx, db, measure, window, lookback_s(self.settings, window)
+            pages = history_pages(
+                self.influx, db, measure, window, lookback_s(self.settings, window)
             )
             batch: list[dict[str, Any]] = []
-            for sid, history in found.items():
-                entry = entries.get((measure, sid)) or forecasts.default_entry(
-                    self.settings, sid, measure
-                )
-                batch.append(await self._one(entry, history))
-                if len(batch) >= STORE_BATCH:
-                    total += await self._store(batch)
-                    batch = []
+            # One page of sensors at a time: fetched in a thread, forecast, stored.
+            while (found := await asyncio.to_thread(next, pages, None)) is not None:
+                for sid, history in found.items():
+                    entry = entries.get((measure, sid)) or forecasts.default_entry(
+                        self.settings, sid, measure
+                    )
+                    batch.append(await self._one(entry, history))
+                    if len(batch) >= STORE_BATCH:
+                        total += await self._store(batch)
+                        batch = []
             total += await self._store(batch)
         return total
 

@@ -333,6 +333,38 @@ def test_admin_routes_need_the_bearer_token(client: httpx.Client) -> None:
     assert again["source"] == "cache"
 
 
+def test_a_restarted_refresher_resumes_the_schedule(app: App, client: httpx.Client) -> None:
+    """A refresh reads every sensor's history; a Refresher replica that restarts (here
+    killed) keeps the stored forecasts and refreshes when the last interval ends."""
+    import ray
+
+    s = app.settings
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    assert client.post("/admin/reload", headers=auth).status_code == 200
+    stored = float(redis_client(s.redis).get(f"{s.redis.key_prefix}forecasts:refreshed_at"))
+    assert abs(stored - time.time()) < 60
+    before = client.get("/admin/refresh", headers=auth).json()
+    assert before["finished_at"] is not None
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith("SERVE_REPLICA::") and "#Refresher#" in a["name"]
+    ]
+    assert len(names) == 1, names
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    deadline = time.monotonic() + 120
+    status: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        r = client.get("/admin/refresh", headers=auth)
+        if r.status_code == 200 and (status := r.json())["finished_at"] is None:
+            break
+        time.sleep(1)
+    assert status.get("finished_at") is None, status  # a new replica, not refreshed
+    assert status["next_at"] == pytest.approx(stored + s.serve.forecast_refresh_s, abs=2)
+    # The stored forecasts still answer.
+    assert client.get("/sensors/301/forecast", params={"measure": "P1"}).json()["source"] == "cache"
+
+
 def test_dashboard_is_served_offline(client: httpx.Client) -> None:
     root = client.get("/")
     assert root.status_code == 307 and root.headers["location"].endswith("/ui/")

@@ -5,6 +5,7 @@ and `down` (or Ctrl-C on `aircast run`) leaves no process behind."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ from aircast.cache import key, redis_client
 from aircast.errors import StackError, StorageError
 from aircast.influx import InfluxV1
 from aircast.kafka import consumer, ensure_topics, producer
+from aircast.queries import histories, history_pages, page_clause, page_digits, series_count
+from aircast.records import AGGREGATE_WINDOW_S
 from aircast.settings import InfluxSettings, Settings, StackSettings
 from aircast.stack import control
 
@@ -126,6 +129,50 @@ def test_influx_chunked_answers_are_joined(stack_settings: Settings, database: s
             assert influx.query(q, database, epoch="s", chunk_size=size) == whole
         with pytest.raises(StorageError, match="database not found"):
             influx.query(q, f"{database}_absent", chunk_size=4)
+
+
+def test_history_pages_hold_every_sensor_once(stack_settings: Settings, database: str) -> None:
+    """Every sensor's history read page by page (sensor_id mod 10**k) equals the
+    histories asked for by id: each sensor in exactly one page, none missing."""
+    step = AGGREGATE_WINDOW_S
+    last = (int(time.time()) // step - 1) * step
+    sensors = [3, 7, 10, 42, 107, 142, 1000, 1007, 99_042]
+    with InfluxV1(stack_settings.influx) as influx:
+        influx.create_database(database, "7d")
+        lines = [
+            f"P1,sensor_id={sid} mean={sid + i / 10} {last - step * i}"
+            for sid in sensors
+            for i in range(3)
+        ]
+        influx.write(lines, database, precision="s")
+        assert series_count(influx, database, "P1") == len(sensors)
+        by_id = histories(influx, database, "P1", 4, 3600, sensors)
+        assert sorted(by_id) == sensors
+        assert by_id[42].means[-1] == 42.0 and math.isnan(by_id[42].means[0])
+        assert [page_digits(n) for n in (0, 2_000, 2_001, 100_000, 10**9)] == [0, 0, 1, 2, 4]
+        # per_page=1: ten pages (the last digit of the id).
+        pages = list(history_pages(influx, database, "P1", 4, 3600, per_page=1))
+        assert len(pages) == 10
+        assert sorted(sid for page in pages for sid in page) == sensors  # each once
+        assert {sid: h for page in pages for sid, h in page.items()} == by_id
+        # Two digits: 7 and 107 and 1007 share page 7, 42/142/99042 page 42, 3 page 3.
+        q = 'SELECT last("mean") FROM "P1" WHERE {} GROUP BY "sensor_id"'
+        found = {
+            p: sorted(int(x["tags"]["sensor_id"]) for x in influx.query(q.format(clause), database))
+            for p in range(100)
+            if (clause := page_clause(p, 2))
+        }
+        assert {p: ids for p, ids in found.items() if ids} == {
+            0: [1000],
+            3: [3],
+            7: [7, 107, 1007],
+            10: [10],
+            42: [42, 142, 99_042],
+        }
+        assert histories(influx, database, "P1", 4, 3600) == by_id
+    assert page_clause(7, 2) == '"sensor_id" =~ /^([0-9]*07|7)$/'
+    with pytest.raises(ValueError, match="not below"):
+        page_clause(100, 2)
 
 
 def test_influx_refusals_are_clear_errors(stack_settings: Settings, database: str) -> None:
