@@ -17,10 +17,11 @@ import time
 from typing import Any
 
 import numpy as np
+import redis
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from aircast.cache import redis_client
+from aircast.cache import key, redis_client
 from aircast.errors import StorageError
 from aircast.influx import InfluxV1
 from aircast.queries import history_pages, measures_with_aggregates
@@ -45,6 +46,7 @@ class Refresher:
         self.influx = InfluxV1(settings.influx)
         self.redis = redis_client(settings.redis)
         self.registry = Registry(settings.train.registry_dir, self.redis, settings.redis.key_prefix)
+        self._refreshed_key = key(settings.redis, "forecasts", "refreshed_at")
         self._lock = asyncio.Lock()
         self._last: dict[str, Any] = {
             "finished_at": None,
@@ -58,16 +60,13 @@ class Refresher:
             log.warning("influx databases not ensured error=%s", exc)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
-    def _refreshed_key(self) -> str:
-        return f"{self.settings.redis.key_prefix}forecasts:refreshed_at"
-
     def _first_wait_s(self) -> float:
         """A restarted replica waits out the rest of the last refresh's interval: the
         stored forecasts are still good, and a refresh reads every sensor's history
         (at 10x ~100 CPU-s of influxd), so replica restarts must not multiply it."""
         try:
-            raw = self.redis.get(self._refreshed_key())
-        except Exception as exc:  # Redis away: refresh now; the API reports Redis itself
+            raw = self.redis.get(self._refreshed_key)
+        except redis.RedisError as exc:  # Redis away: refresh now; the API reports Redis itself
             log.warning("last refresh time not read error=%s", exc)
             return 0.0
         if raw is None:
@@ -103,29 +102,29 @@ class Refresher:
             try:
                 count = await self._refresh_all()
             except StorageError as exc:
-                self._last = {
-                    "finished_at": int(time.time()),
-                    "forecasts": 0,
-                    "error": str(exc),
-                    "next_at": int(time.time() + self.settings.serve.forecast_refresh_s),
-                }
+                self._last = self._outcome(time.time(), 0, error=str(exc))
                 raise
             finished = time.time()
-            self._last = {
-                "finished_at": int(finished),
-                "forecasts": count,
-                "duration_s": round(time.monotonic() - started, 3),
-                "error": None,
-                "next_at": int(finished + self.settings.serve.forecast_refresh_s),
-            }
+            self._last = self._outcome(
+                finished, count, duration_s=round(time.monotonic() - started, 3)
+            )
             try:
-                await asyncio.to_thread(self.redis.set, self._refreshed_key(), str(finished))
-            except Exception as exc:  # only costs a refresh on the next replica start
+                await asyncio.to_thread(self.redis.set, self._refreshed_key, str(finished))
+            except redis.RedisError as exc:  # only costs a refresh on the next replica start
                 log.warning("last refresh time not stored error=%s", exc)
             log.info(
                 "forecasts refreshed count=%d duration_s=%.2f", count, self._last["duration_s"]
             )
             return dict(self._last)
+
+    def _outcome(self, finished: float, count: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "finished_at": int(finished),
+            "forecasts": count,
+            "error": None,
+            "next_at": int(finished + self.settings.serve.forecast_refresh_s),
+            **extra,
+        }
 
     async def _refresh_all(self) -> int:
         db = self.settings.influx.aggregates_database

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from aircast.cache import redis_client
+from aircast.cache import key, redis_client
 from aircast.influx import InfluxV1
 from aircast.records import AGGREGATE_WINDOW_S, Aggregate, Reading
 from aircast.registry import ModelEntry, Registry
@@ -341,7 +341,7 @@ def test_a_restarted_refresher_resumes_the_schedule(app: App, client: httpx.Clie
     s = app.settings
     auth = {"Authorization": f"Bearer {ADMIN}"}
     assert client.post("/admin/reload", headers=auth).status_code == 200
-    stored = float(redis_client(s.redis).get(f"{s.redis.key_prefix}forecasts:refreshed_at"))
+    stored = float(redis_client(s.redis).get(key(s.redis, "forecasts", "refreshed_at")))
     assert abs(stored - time.time()) < 60
     before = client.get("/admin/refresh", headers=auth).json()
     assert before["finished_at"] is not None
