@@ -22,17 +22,91 @@ log = logging.getLogger(__name__)
 JOBS = {"ingest": "actors.ingest", "collect": "actors.collect"}
 
 
+# A failed job is resubmitted after this long, doubled on each failure in a row (up to
+# the cap): a job that cannot start (bad settings) is retried slowly, not in a loop.
+RESUBMIT_BACKOFF_S = 5.0
+RESUBMIT_BACKOFF_MAX_S = 300.0
+# A job that ran this long before it failed starts its backoff again from the first step.
+HEALTHY_RUN_S = 600.0
+
+
+@dataclass
+class Job:
+    """One submitted pipeline job and its resubmissions."""
+
+    name: str
+    submission_id: str
+    restarts: int = 0
+    failures_in_row: int = 0
+    retry_at: float | None = None  # monotonic; set while a failed job waits out its backoff
+
+
 @dataclass
 class Running:
     client: JobSubmissionClient
-    jobs: dict[str, str] = field(default_factory=dict)  # name → submission id
+    entrypoints: dict[str, str] = field(default_factory=dict)  # name → command line
+    runtime_env: dict[str, object] = field(default_factory=dict)
+    submitted: dict[str, Job] = field(default_factory=dict)
     serve_url: str | None = None
 
+    @property
+    def jobs(self) -> dict[str, str]:
+        """Name → the current submission id."""
+        return {name: job.submission_id for name, job in self.submitted.items()}
+
+    def submit(self, name: str) -> str:
+        entrypoint = self.entrypoints[name]
+        job_id = self.client.submit_job(
+            entrypoint=entrypoint,
+            # Nanoseconds: a resubmission in the same second needs an id of its own.
+            submission_id=f"aircast-{name}-{time.time_ns()}",
+            runtime_env=self.runtime_env,
+            metadata={"aircast": name},
+        )
+        log.info("ray job submitted name=%s id=%s entrypoint=%r", name, job_id, entrypoint)
+        return job_id
+
     def statuses(self) -> dict[str, str]:
-        return {
-            name: str(self.client.get_job_status(job_id).value)
-            for name, job_id in self.jobs.items()
-        }
+        out = {}
+        for name, job in self.submitted.items():
+            state = str(self.client.get_job_status(job.submission_id).value)
+            out[name] = state + (f"(restarts={job.restarts})" if job.restarts else "")
+        return out
+
+    def revive(self, now: float | None = None) -> list[str]:
+        """Resubmit every job that FAILED (its driver or the job's supervisor died, e.g.
+        killed by Ray's memory monitor); the names resubmitted. A job stopped on purpose
+        (``ray job stop``, the dashboard) stays stopped. Nothing is lost by a restart:
+        the ingest's seen-keys (Redis) and the collectors' committed offsets (Kafka)
+        carry over, and the Flink job drops a reading it has already passed on."""
+        now = time.monotonic() if now is None else now
+        revived = []
+        for name, job in self.submitted.items():
+            if job.retry_at is None:
+                info = self.client.get_job_info(job.submission_id)
+                if info.status != JobStatus.FAILED:
+                    continue
+                ran_s = ((info.end_time or 0) - (info.start_time or 0)) / 1000
+                if ran_s >= HEALTHY_RUN_S:
+                    job.failures_in_row = 0
+                wait = min(RESUBMIT_BACKOFF_MAX_S, RESUBMIT_BACKOFF_S * 2**job.failures_in_row)
+                job.failures_in_row += 1
+                job.retry_at = now + wait
+                log.warning(
+                    "ray job failed name=%s id=%s ran_s=%.0f message=%r; resubmitting in %.0f s",
+                    name,
+                    job.submission_id,
+                    ran_s,
+                    (info.message or "")[-300:],
+                    wait,
+                )
+            if now < job.retry_at:
+                continue
+            job.submission_id = self.submit(name)
+            job.restarts += 1
+            job.retry_at = None
+            revived.append(name)
+        return revived
 
 
 def submit_jobs(settings: Settings, source: str) -> Running:
@@ -42,17 +116,10 @@ def submit_jobs(settings: Settings, source: str) -> Running:
     env = {**ray_environment(), "AIRCAST_INGEST__SOURCE": source}
     if config.is_file():
         env["AIRCAST_CONFIG"] = str(config)
-    running = Running(client)
+    running = Running(client, runtime_env={"env_vars": env})
     for name, module in JOBS.items():
-        entrypoint = f"{shlex.quote(sys.executable)} -m {module}"
-        job_id = client.submit_job(
-            entrypoint=entrypoint,
-            submission_id=f"aircast-{name}-{int(time.time())}",
-            runtime_env={"env_vars": env},
-            metadata={"aircast": name},
-        )
-        running.jobs[name] = job_id
-        log.info("ray job submitted name=%s id=%s entrypoint=%r", name, job_id, entrypoint)
+        running.entrypoints[name] = f"{shlex.quote(sys.executable)} -m {module}"
+        running.submitted[name] = Job(name, running.submit(name))
     return running
 
 

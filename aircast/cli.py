@@ -171,7 +171,12 @@ def _print_status(settings: Settings, running: Any, *, influx: bool) -> None:
         line = f"status unavailable: {exc}"
     jobs = ""
     if running is not None:
-        jobs = " " + " ".join(f"{k}={v}" for k, v in running.statuses().items())
+        try:
+            for name in running.revive():
+                err.print(f"[yellow]ray job {name} failed: resubmitted[/yellow]")
+            jobs = " " + " ".join(f"{k}={v}" for k, v in running.statuses().items())
+        except Exception as exc:  # the dashboard restarting: the next line tries again
+            jobs = f" jobs unavailable: {exc}"
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {line}{jobs}")
 
 

@@ -123,6 +123,11 @@ class StackSettings(BaseModel):
     ray_dashboard_port: int = 8265
     services: tuple[str, ...] = ("redis", "kafka", "influxdb", "ray", "flink")
     startup_timeout_s: float = Field(default=90.0, gt=0)
+    # influxd's Go heap target (GOMEMLIMIT, MiB; 0 leaves Go's default). Without one its
+    # heap followed each heavy query at 10x the network (1.9 -> 7.6 GB in 40 minutes),
+    # and on one machine its growth is paid for by Ray's memory monitor killing Ray
+    # workers; 2 GiB made it collect without end (thrashed), 4 GiB leaves it room.
+    influx_memory_limit_mb: int = Field(default=4096, ge=0)
 
     @field_validator("services", mode="before")
     @classmethod

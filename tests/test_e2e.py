@@ -8,6 +8,8 @@ ingest and collect Ray jobs and the Serve app.
   for the drill's span shows zero readings lost, zero written twice and every rejected
   value dead-lettered with its reason; the raw topic holds every record the ingest job
   reported producing;
+* a job that failed (its driver killed -9) is resubmitted by `aircast run`, and the
+  audit of the span again shows nothing lost or doubled;
 * Ctrl-C leaves no process behind.
 """
 
@@ -216,6 +218,49 @@ def test_conservation_when_killed(run: Run, drill: str) -> None:
     # shard retried after its scraper died may have produced records its first attempt
     # already marked seen (the retry reports them as seen, not produced).
     assert audit.raw_distinct >= produced, (drill, summary, after[len(before) :])
+
+
+def _job_driver_pid(entry_module: str) -> int:
+    """The job's driver: the Python process running its entrypoint (not the shell)."""
+    found = [
+        p.pid
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if (cmd := p.info["cmdline"] or [])
+        and "python" in cmd[0].rsplit("/", 1)[-1]
+        and cmd[-2:] == ["-m", entry_module]
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_failed_job_is_resubmitted_and_nothing_is_lost(run: Run) -> None:
+    """The ingest job's driver killed -9 (as Ray's memory monitor killed its supervisor
+    in a soak): the job FAILED, `aircast run` resubmits it, and the audit of the span
+    shows nothing lost or doubled."""
+    settings = run.settings
+    _wait_healthy(settings)
+    _after_next_snapshot(settings, len(_snapshots(settings)))
+    since = time.time()
+    time.sleep(INTERVAL_S * 0.5)  # into the next snapshot
+    os.kill(_job_driver_pid("actors.ingest"), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while "ray job ingest failed: resubmitted" not in run.app.out:
+        assert time.monotonic() < deadline, run.app.out[-3000:]
+        time.sleep(1)
+    # The resubmitted job's own log: two whole snapshots after its start.
+    _after_next_snapshot(settings, 1, timeout_s=240)
+    until = time.time()
+    # The status lines say so (one comes every 10 s).
+    while "ingest=RUNNING(restarts=1)" not in run.app.out:
+        assert time.monotonic() < deadline + 300, run.app.out[-3000:]
+        time.sleep(1)
+
+    audit = _audited(settings, since - SNAPSHOT_WINDOW_S, until)
+    summary = audit.summary()
+    assert audit.raw_records > 0 and audit.stored > 0, summary
+    assert audit.lost == [], (summary, audit.lost[:20])
+    assert audit.doubled == {}, summary
+    assert audit.rejection_differences == {}, summary
 
 
 def test_ctrl_c_leaves_nothing(run: Run) -> None:

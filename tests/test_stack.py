@@ -211,6 +211,19 @@ def test_status_reports_every_service_healthy(stack_settings: Settings) -> None:
     assert all(info["healthy"] for info in report.values()), report
 
 
+def test_influxd_runs_under_the_memory_limit(stack_settings: Settings) -> None:
+    """The local influxd gets its Go heap target (GOMEMLIMIT) from the settings."""
+    environs = []
+    for pid in control.stack_processes(stack_settings.stack.state_dir):
+        proc = Path(f"/proc/{pid}")
+        if (proc / "cmdline").read_bytes().split(b"\0")[0].endswith(b"influxd"):
+            environs.append((proc / "environ").read_bytes().split(b"\0"))
+    assert len(environs) == 1, environs
+    limit = stack_settings.stack.influx_memory_limit_mb
+    assert limit > 0
+    assert f"GOMEMLIMIT={limit}MiB".encode() in environs[0]
+
+
 def test_second_up_is_refused(stack_settings: Settings) -> None:
     with pytest.raises(StackError, match="already up"):
         control.up(stack_settings)

@@ -109,6 +109,7 @@ def up(settings: Settings, *, services: tuple[str, ...] | None = None) -> StackI
         influx_password=password or "aircast-local",
         topics=all_topics(settings.kafka),
         flink_python=str(settings.flink.python),
+        influx_memory_limit_mb=settings.stack.influx_memory_limit_mb,
     )
     build_services(plan)  # fail fast on a missing binary, before anything starts
     (state_dir / "plan.json").write_text(json.dumps(plan.to_json(), indent=2), encoding="utf-8")

@@ -56,6 +56,7 @@ class Plan:
     # Topics the Flink job reads and writes: created before it starts.
     topics: tuple[str, ...] = ()
     flink_python: str = ".venv-flink/bin/python"
+    influx_memory_limit_mb: int = 4096
 
     @property
     def logs(self) -> Path:
@@ -79,6 +80,7 @@ class Plan:
             "ray_object_store_bytes": self.ray_object_store_bytes,
             "topics": list(self.topics),
             "flink_python": self.flink_python,
+            "influx_memory_limit_mb": self.influx_memory_limit_mb,
         }
 
     @classmethod
@@ -96,6 +98,7 @@ class Plan:
             ray_object_store_bytes=int(str(data.get("ray_object_store_bytes", 1_000_000_000))),
             topics=tuple(str(t) for t in _list(data.get("topics"))),
             flink_python=str(data.get("flink_python", ".venv-flink/bin/python")),
+            influx_memory_limit_mb=int(str(data.get("influx_memory_limit_mb", 4096))),
         )
 
 
@@ -314,7 +317,10 @@ def _influx(plan: Plan) -> Service:
             "-config",
             str(config),
         ],
-        env={},
+        # A soft limit: Go collects harder near it, it never refuses memory.
+        env={"GOMEMLIMIT": f"{plan.influx_memory_limit_mb}MiB"}
+        if plan.influx_memory_limit_mb
+        else {},
         health=healthy,
         urls={"influxdb": f"http://127.0.0.1:{port}"},
         prepare=lambda: _write_influx_config(plan),
