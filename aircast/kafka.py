@@ -12,6 +12,8 @@ production a real Kafka cluster (Strimzi). Nothing here is tansu-specific.
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -26,6 +28,45 @@ from aircast.errors import BrokerError, ProduceError
 from aircast.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+
+
+class RepeatFilter(logging.Filter):
+    """Lets the first of a run of identical lines through and holds back its repeats
+    for ``window_s``; the next line of that text to pass says how many were held back.
+
+    librdkafka logs a failure again at every reconnect: a broker away for a minute gave
+    dozens of identical FAIL lines per client (each scraper, collector and the audit has
+    its own), which buried the one line that mattered."""
+
+    # Numbers that change between otherwise identical lines ("after 0ms in state ...").
+    _VARYING = re.compile(r"\d+ms")
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._seen: dict[str, tuple[float, int]] = {}  # text → (first passed, held back)
+        self._lock = threading.Lock()  # librdkafka may log from its own threads
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        key = self._VARYING.sub("", text)
+        now = time.monotonic()
+        with self._lock:
+            passed, held = self._seen.get(key, (-self.window_s, 0))
+            if now - passed < self.window_s:
+                self._seen[key] = (passed, held + 1)
+                return False
+            if len(self._seen) >= 1_000:  # bounded: librdkafka's texts name brokers, ids
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if held:
+            record.msg, record.args = f"{text} (and {held} like it held back)", ()
+        return True
+
+
+# Every librdkafka client logs through this (confluent-kafka's "logger" option).
+LIBRDKAFKA_LOG = logging.getLogger("aircast.kafka.librdkafka")
+LIBRDKAFKA_LOG.addFilter(RepeatFilter())
 
 
 def connection_options(settings: KafkaSettings) -> dict[str, Any]:
@@ -68,7 +109,6 @@ def producer_options(settings: KafkaSettings) -> dict[str, Any]:
             "message.timeout.ms": 60_000,
             "partitioner": "murmur2_random",
             "compression.type": settings.compression,
-            "logger": logging.getLogger("aircast.kafka.librdkafka"),
         }
     )
     return options
@@ -137,6 +177,7 @@ def librdkafka_options(settings: KafkaSettings) -> dict[str, Any]:
         "bootstrap.servers": settings.bootstrap_servers,
         "security.protocol": settings.security_protocol.lower(),
         "client.id": settings.client_id,
+        "logger": LIBRDKAFKA_LOG,
     }
     if settings.sasl_mechanism:
         options["sasl.mechanism"] = settings.sasl_mechanism
@@ -162,7 +203,6 @@ def fast_consumer(
             # librdkafka prefetches up to this much per partition; bounded, so a paused
             # collector holds at most this in memory besides its own buffer.
             "queued.max.messages.kbytes": 16 * 1024,
-            "logger": logging.getLogger("aircast.kafka.librdkafka"),
         }
     )
     options.update(overrides)

@@ -30,7 +30,7 @@ from aircast import records as R
 from aircast.cache import redis_client
 from aircast.errors import ProduceError
 from aircast.ingest import Ingestor
-from aircast.kafka import Producer, ensure_topics, librdkafka_options
+from aircast.kafka import LIBRDKAFKA_LOG, Producer, RepeatFilter, ensure_topics, librdkafka_options
 from aircast.records import DeadLetter
 from aircast.settings import Settings
 from aircast.simulator import Faults, Network, SimulatorServer
@@ -394,6 +394,40 @@ def test_a_sensor_keeps_the_partition_java_and_kafka_python_give_it(
     # kafka-python's DefaultPartitioner, which is Java's: murmur2, sign bit off, modulo.
     assert placed == {k: (murmur2(k) & 0x7FFFFFFF) % 8 for k in keys}
     assert len(set(placed.values())) == 8
+
+
+def test_a_broker_away_is_logged_once_not_at_every_reconnect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """librdkafka repeats its connection failure at every reconnect; each distinct line
+    passes once, and the flush still says what happened to the message."""
+    away = Settings().kafka.model_copy(update={"bootstrap_servers": f"127.0.0.1:{free_port()}"})
+    producer = Producer(away)
+    producer.send("nowhere", b"x")
+    with (
+        caplog.at_level(logging.DEBUG, LIBRDKAFKA_LOG.name),
+        pytest.raises(ProduceError, match="not acknowledged"),
+    ):
+        producer.flush(6)
+    lines = [r.getMessage() for r in caplog.records if r.name == LIBRDKAFKA_LOG.name]
+    assert any("Connection refused" in line for line in lines), lines
+    assert len(lines) == len(set(lines)) and len(lines) <= 3, lines
+
+
+def test_repeats_held_back_are_counted_in_the_next_line() -> None:
+    repeats = RepeatFilter(window_s=0.3)
+
+    def line(text: str) -> logging.LogRecord:
+        return logging.LogRecord("x", logging.ERROR, __file__, 1, text, (), None)
+
+    first = line("FAIL connect after 0ms")
+    assert repeats.filter(first) and first.getMessage() == "FAIL connect after 0ms"
+    assert not any(repeats.filter(line(f"FAIL connect after {n}ms")) for n in range(4))
+    assert repeats.filter(line("another line"))  # other text is not held back
+    time.sleep(0.35)
+    again = line("FAIL connect after 7ms")
+    assert repeats.filter(again)
+    assert again.getMessage() == "FAIL connect after 7ms (and 4 like it held back)"
 
 
 def archive_rows(day_dir: Path) -> int:
