@@ -275,6 +275,9 @@ def test_soak(tmp_path: Path) -> None:
         "snapshots_ingested": log.count("snapshot ingested"),
         "snapshots_given_up": log.count("snapshot given up"),
         "service_restarts": log.count("service exited"),
+        # Ray jobs that FAILED and `aircast run` resubmitted (e.g. killed by Ray's
+        # memory monitor): the audit says whether anything was lost by it.
+        "job_resubmissions": log.count("failed: resubmitted"),
         "network_simulator_mib": [
             round(network_rss[0] / 2**20) if network_rss else None,
             round(max(network_rss, default=0) / 2**20),
