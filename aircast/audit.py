@@ -42,6 +42,7 @@ import orjson
 from aircast.errors import InvalidRecord
 from aircast.influx import InfluxV1, quote_ident
 from aircast.kafka import scan
+from aircast.queries import page_clause, page_digits, series_count
 from aircast.records import (
     BEYOND_RETENTION,
     DUPLICATE,
@@ -60,6 +61,12 @@ SHOWN = 20  # differences listed in full up to this many
 SLICE_S = 3600  # InfluxDB is asked about at most an hour of readings at a time
 SUSPECTS_PER_QUERY = 100  # sensors whose points are read one by one, per query
 AUDIT_TIMEOUT_S = 600.0
+# At most about this many series per count query (a page of sensors: sensor_id mod
+# 10**k, as the Refresher reads histories), answered in chunks. One query over every
+# series of an hour at 10x the network (~100,000 a measure) had not answered after 29
+# minutes, influxd at its memory limit (the soak of 2026-12-04).
+SERIES_PER_QUERY = 2_000
+CHUNK_ROWS = 10_000
 
 
 def reading_id(reading: Reading) -> ReadingId:
@@ -320,13 +327,18 @@ def _hours(first: int, last: int) -> Iterator[str]:
 def _series_counts(
     influx: InfluxV1, measure: str, first: int, last: int, settings: Settings
 ) -> Iterator[tuple[int, tuple[Any, ...], int, float]]:
-    """(sensor id, the series' tags, its points, their sum) per series and hour slice."""
-    for hour in _hours(first, last):
+    """(sensor id, the series' tags, its points, their sum) per series, hour slice and
+    page of sensors."""
+    database = settings.influx.raw_database
+    digits = page_digits(series_count(influx, database, measure), SERIES_PER_QUERY)
+    pages = [page_clause(page, digits) for page in range(10**digits)]
+    for hour, page in ((h, p) for h in _hours(first, last) for p in pages):
+        where = hour if page is None else f"{hour} AND {page}"
         q = (
             f'SELECT count("value"), sum("value") FROM {quote_ident(measure)} '
-            f"WHERE {hour} GROUP BY *"
+            f"WHERE {where} GROUP BY *"
         )
-        for series in influx.query(q, settings.influx.raw_database, epoch="s"):
+        for series in influx.query(q, database, epoch="s", chunk_size=CHUNK_ROWS):
             tags = series.get("tags") or {}
             if tags.get("sensor_id") in (None, ""):
                 continue

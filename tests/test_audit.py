@@ -12,9 +12,11 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from aircast import audit as audit_module
 from aircast.audit import outcomes_of_message, run_audit
 from aircast.deadletters import DeadLetters
 from aircast.influx import InfluxV1
@@ -122,6 +124,39 @@ def test_a_lost_reading_is_found(played: tuple[Settings, float, list[Reading]]) 
         )
     audit = run_audit(settings, since)
     assert not audit.ok
+    assert audit.lost == [(gone.measure, gone.sensor_id, gone.timestamp)]
+
+
+def test_counts_read_a_page_of_sensors_at_a_time(
+    played: tuple[Settings, float, list[Reading]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With pages of about 5 series (sensor_id mod 10: ten pages here), the audit
+    balances as with one query, and still finds a reading gone."""
+    settings, since, readings = played
+    monkeypatch.setattr(audit_module, "SERIES_PER_QUERY", 5)
+    asked: list[str] = []
+    query = InfluxV1.query
+
+    def recorded(self: InfluxV1, q: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        asked.append(q)
+        return query(self, q, *args, **kwargs)
+
+    monkeypatch.setattr(InfluxV1, "query", recorded)
+    audit = run_audit(settings, since)
+    assert audit.ok, audit.summary()
+    assert audit.summary()["in_influxdb"] == len(readings)
+    counts = [q for q in asked if "count(" in q]
+    assert any("sensor_id" in q and "=~" in q for q in counts), counts
+    assert len(counts) >= 10, counts
+
+    gone = readings[5]
+    with InfluxV1(settings.influx) as influx:
+        influx.query(
+            f"DELETE FROM \"{gone.measure}\" WHERE sensor_id = '{gone.sensor_id}' "
+            f"AND time = {gone.timestamp}s",
+            settings.influx.raw_database,
+        )
+    audit = run_audit(settings, since)
     assert audit.lost == [(gone.measure, gone.sensor_id, gone.timestamp)]
 
 
