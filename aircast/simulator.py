@@ -23,6 +23,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -366,6 +367,12 @@ class _SimHTTPServer(ThreadingHTTPServer):
         self._cache: tuple[int, bytes] | None = None
         self._pieces: dict[tuple[int, int], bytes] = {}
         self._lock = threading.Lock()
+        # Every body is built on this one thread. Built on whichever request's thread
+        # asked first, each file's pieces came from that thread's malloc arena and
+        # were freed later from another's, and the allocator kept the memory: at 10x
+        # (203,000 sensors, 40 consecutive files, two clients) the process grew from
+        # 2,018 to 4,094 MiB; built here, to 2,410 by the fifth file, 2,425 at the end.
+        self._builder = ThreadPoolExecutor(1, thread_name_prefix="aircast-simulator-body")
 
     def body(self, window: int) -> bytes:
         # Built once per window (concurrent requests wait for it), from the previous
@@ -373,9 +380,14 @@ class _SimHTTPServer(ThreadingHTTPServer):
         # building every file from scratch took longer than a client's timeout.
         with self._lock:
             if self._cache is None or self._cache[0] != window:
-                body, self._pieces = self.network.snapshot_body(window, self._pieces)
+                built = self._builder.submit(self.network.snapshot_body, window, self._pieces)
+                body, self._pieces = built.result()
                 self._cache = (window, body)
             return self._cache[1]
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._builder.shutdown(wait=False, cancel_futures=True)
 
 
 class SimulatorServer:
