@@ -22,7 +22,8 @@ Checked, and written to ``<state>/soak.json`` (and printed) for the README:
   span of two refresh intervals after warm-up (a snapshot comes each interval; the
   10-minute aggregates arrive in one burst at 10x, ~460,000 of them), i.e. after every
   snapshot the pipeline catches up;
-* conservation: ``aircast audit`` over the whole run shows nothing lost or doubled.
+* conservation: ``aircast audit`` over the whole run shows nothing lost or doubled
+  (after the hour the ingest job and the network stop, the rest drains, then the audit).
 
 The network is a process of its own (``aircast simulate``), read by the ingest as the
 live API is, over HTTP: its memory (the network's 200,000 sensors and their current
@@ -127,6 +128,16 @@ def _ray_job_logs(settings: Settings) -> str:
     )
 
 
+def _stop_ingest(settings: Settings) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(settings.ray.dashboard_url)
+    for job in client.list_jobs():
+        ingest = (job.metadata or {}).get("aircast") == "ingest"
+        if job.submission_id and ingest and job.status == JobStatus.RUNNING:
+            client.stop_job(job.submission_id)
+
+
 def test_soak(tmp_path: Path) -> None:
     seconds, rate = SECONDS, RATE
     sensors = max(1, round(rate * READING_INTERVAL_S))
@@ -196,6 +207,14 @@ def test_soak(tmp_path: Path) -> None:
         until = time.time()
         sampling.set()
         lag_thread.join(timeout=60)
+        # Nothing more comes in: the ingest job is stopped (`aircast run` leaves a job
+        # stopped on purpose stopped) and the network with it, so the drain and the
+        # audit do not compete with new snapshots for the machine's memory and cores
+        # (on 2026-12-04 the broker and the network kept growing during the audit
+        # until Ray's memory monitor killed the jobs that were draining).
+        _stop_ingest(settings)
+        network.terminate()
+        network.wait(timeout=30)
         # The last snapshots are still in flight: audit once the collectors caught up
         # (an audit of an hour at 10x reads millions of messages: not in a tight loop).
         drain_until = time.monotonic() + 1200
