@@ -34,7 +34,6 @@ HEALTHY_RUN_S = 600.0
 class Job:
     """One submitted pipeline job and its resubmissions."""
 
-    name: str
     submission_id: str
     restarts: int = 0
     failures_in_row: int = 0
@@ -73,13 +72,13 @@ class Running:
             out[name] = state + (f"(restarts={job.restarts})" if job.restarts else "")
         return out
 
-    def revive(self, now: float | None = None) -> list[str]:
+    def revive(self) -> list[str]:
         """Resubmit every job that FAILED (its driver or the job's supervisor died, e.g.
         killed by Ray's memory monitor); the names resubmitted. A job stopped on purpose
         (``ray job stop``, the dashboard) stays stopped. Nothing is lost by a restart:
         the ingest's seen-keys (Redis) and the collectors' committed offsets (Kafka)
         carry over, and the Flink job drops a reading it has already passed on."""
-        now = time.monotonic() if now is None else now
+        now = time.monotonic()
         revived = []
         for name, job in self.submitted.items():
             if job.retry_at is None:
@@ -119,7 +118,7 @@ def submit_jobs(settings: Settings, source: str) -> Running:
     running = Running(client, runtime_env={"env_vars": env})
     for name, module in JOBS.items():
         running.entrypoints[name] = f"{shlex.quote(sys.executable)} -m {module}"
-        running.submitted[name] = Job(name, running.submit(name))
+        running.submitted[name] = Job(running.submit(name))
     return running
 
 

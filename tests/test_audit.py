@@ -89,6 +89,16 @@ def raw_messages() -> list[bytes]:
     return messages
 
 
+def delete_point(settings: Settings, reading: Reading) -> None:
+    """The reading's point gone from InfluxDB, as if its write had been lost."""
+    with InfluxV1(settings.influx) as influx:
+        influx.query(
+            f"DELETE FROM \"{reading.measure}\" WHERE sensor_id = '{reading.sensor_id}' "
+            f"AND time = {reading.timestamp}s",
+            settings.influx.raw_database,
+        )
+
+
 @pytest.fixture()
 def played(stack_settings: Settings) -> tuple[Settings, float, list[Reading]]:
     settings = fresh(stack_settings)
@@ -116,12 +126,7 @@ def test_a_balanced_span_is_conserved(played: tuple[Settings, float, list[Readin
 def test_a_lost_reading_is_found(played: tuple[Settings, float, list[Reading]]) -> None:
     settings, since, readings = played
     gone = readings[3]
-    with InfluxV1(settings.influx) as influx:
-        influx.query(
-            f"DELETE FROM \"{gone.measure}\" WHERE sensor_id = '{gone.sensor_id}' "
-            f"AND time = {gone.timestamp}s",
-            settings.influx.raw_database,
-        )
+    delete_point(settings, gone)
     audit = run_audit(settings, since)
     assert not audit.ok
     assert audit.lost == [(gone.measure, gone.sensor_id, gone.timestamp)]
@@ -150,12 +155,7 @@ def test_counts_read_a_page_of_sensors_at_a_time(
     assert len(counts) >= 10, counts
 
     gone = readings[5]
-    with InfluxV1(settings.influx) as influx:
-        influx.query(
-            f"DELETE FROM \"{gone.measure}\" WHERE sensor_id = '{gone.sensor_id}' "
-            f"AND time = {gone.timestamp}s",
-            settings.influx.raw_database,
-        )
+    delete_point(settings, gone)
     audit = run_audit(settings, since)
     assert audit.lost == [(gone.measure, gone.sensor_id, gone.timestamp)]
 
@@ -168,12 +168,8 @@ def test_a_lost_reading_behind_another_point_is_found(
     settings, since, readings = played
     gone = readings[3]
     stray = replace(gone, timestamp=gone.timestamp + 1, value=gone.value + 1.5)
+    delete_point(settings, gone)
     with InfluxV1(settings.influx) as influx:
-        influx.query(
-            f"DELETE FROM \"{gone.measure}\" WHERE sensor_id = '{gone.sensor_id}' "
-            f"AND time = {gone.timestamp}s",
-            settings.influx.raw_database,
-        )
         influx.write([stray.line()], settings.influx.raw_database, precision="s")
     audit = run_audit(settings, since)
     assert not audit.ok
