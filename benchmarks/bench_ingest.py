@@ -81,9 +81,10 @@ def main() -> None:
             t0 = time.perf_counter()
             snapshot = source.fetch()
             assert snapshot is not None
+            records = list(snapshot.records)  # the ceilings' payloads (ingest takes them)
             result = coordinator.ingest(snapshot)
             elapsed = time.perf_counter() - t0
-            n = len(snapshot.records)
+            n = len(records)
             aircast_rates.append(n / elapsed)
             counts.append(result.to_dict())
             for a in coordinator.scrapers:
@@ -94,7 +95,7 @@ def main() -> None:
             # and from kafka-python's (the issue's ceiling, the scrapers' client before).
             payloads = [
                 (str(r["sensor"]["id"]).encode(), json.dumps(r).encode())
-                for r in snapshot.records
+                for r in records
                 if isinstance(r, dict)
             ]
             rawp = confluent_kafka.Producer(producer_options(settings.kafka))

@@ -172,6 +172,9 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
         assert first is not None
         counts1 = coordinator.ingest(first)
         assert counts1.records == len(snap1)
+        # The records were moved to the scrapers' shards: the coordinator does not hold
+        # the file while the scrapers work and until the next one.
+        assert first.records == []
         assert counts1.produced == len(keep1)
         assert counts1.rejected == rejected1
         # A defect the file repeats (a bad record duplicated) is lettered once.
