@@ -292,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # One line per service event: not every health probe's request (several a second
+    # while a service starts) nor every broker connection of the topic check.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     plan = Plan.from_json(json.loads(plan_path(state_dir).read_text(encoding="utf-8")))
     supervisor = Supervisor(plan)
 
