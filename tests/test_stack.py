@@ -275,6 +275,36 @@ def test_crashed_service_is_restarted(tmp_path: Path) -> None:
     assert control.stack_processes(settings.stack.state_dir) == []
 
 
+def _fake_driver(ray_address: str) -> subprocess.Popen[bytes]:
+    """A process with the environment Ray gives a job's driver, in a session of its own
+    (as Ray starts one)."""
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)"], env=env, start_new_session=True
+    )
+
+
+def test_a_dead_heads_job_drivers_are_stopped_with_it() -> None:
+    """The drivers a Ray head leaves behind (their watchers went with it) are found by
+    their cluster's address and stopped; another cluster's are not touched."""
+    from aircast.stack.services import Service, ray_job_drivers
+    from aircast.stack.supervisor import stop_strays
+
+    mine, other = _fake_driver("127.0.0.1:1"), _fake_driver("127.0.0.1:2")
+    try:
+        assert ray_job_drivers("127.0.0.1:1") == [mine.pid]
+        service = Service(
+            "ray", [], {}, lambda: True, strays=lambda: ray_job_drivers("127.0.0.1:1")
+        )
+        stop_strays(service)
+        assert mine.wait(timeout=10) == -signal.SIGTERM
+        assert other.poll() is None and ray_job_drivers("127.0.0.1:2") == [other.pid]
+    finally:
+        for proc in (mine, other):
+            proc.kill()
+            proc.wait()
+
+
 def test_aircast_run_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     state = tmp_path / "run-stack"
     app = AircastRun(

@@ -117,6 +117,9 @@ class Service:
     # Healthy only once this text appears in the service's log after its (re)start,
     # besides ``health()``: a port that answers is not always a service that is ready.
     ready_marker: str | None = None
+    # Process groups the service starts outside its own (PIDs of their leaders), stopped
+    # with it: what a pod's end would take with it on Kubernetes.
+    strays: Callable[[], list[int]] | None = None
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -327,6 +330,30 @@ def _influx(plan: Plan) -> Service:
     )
 
 
+def ray_job_drivers(gcs_address: str) -> list[int]:
+    """The process groups of the Ray job drivers of the cluster at ``gcs_address``.
+
+    Ray starts each submitted job's entrypoint in a session of its own, with a watcher
+    that kills it when the job's supervisor dies; a head that dies as a whole (GCS
+    killed, then `ray start --block` ending every Ray process) takes the watchers too,
+    and the drivers live on, orphaned, beside the next head's (seen: an ingest of a
+    dead head's still fetching every minute). A driver is recognised by the environment
+    Ray gives it: ``RAY_JOB_CONFIG_JSON_ENV_VAR`` and this cluster's ``RAY_ADDRESS``."""
+    groups: set[int] = set()
+    wanted = f"RAY_ADDRESS={gcs_address}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            pgid = os.getpgid(int(proc.name))
+        except (OSError, ProcessLookupError):
+            continue  # gone, or not ours to read
+        if wanted in env and any(e.startswith(b"RAY_JOB_CONFIG_JSON_ENV_VAR=") for e in env):
+            groups.add(pgid)
+    return sorted(groups)
+
+
 def _ray(plan: Plan) -> Service:
     p = plan.ports
     ray_bin = Path(sys.executable).parent / "ray"
@@ -386,6 +413,7 @@ def _ray(plan: Plan) -> Service:
             "ray": f"127.0.0.1:{p['ray.gcs']}",
             "ray-dashboard": dashboard,
         },
+        strays=lambda: ray_job_drivers(f"127.0.0.1:{p['ray.gcs']}"),
     )
 
 

@@ -99,6 +99,15 @@ def kill_group(
     _wait_group(pid, process, 5.0)
 
 
+def stop_strays(service: Service) -> None:
+    """Stop the process groups the service left outside its own (Ray's job drivers)."""
+    if service.strays is None:
+        return
+    for pgid in service.strays():
+        log.warning("stray process group stopping service=%s pgid=%d", service.name, pgid)
+        kill_group(pgid, grace_s=5.0)
+
+
 @dataclass
 class Running:
     service: Service
@@ -242,8 +251,10 @@ class Supervisor:
                     )
                     self._publish()
                     continue
-                # Reap what the dead leader left in its group before starting afresh.
+                # Reap what the dead leader left in its group, and outside it, before
+                # starting afresh.
                 kill_group(item.process.pid, grace_s=2.0, process=item.process)
+                stop_strays(item.service)
                 item.restarts.append(now)
                 log.warning(
                     "service exited name=%s exit=%s restarting attempt=%d",
@@ -266,6 +277,7 @@ class Supervisor:
                 continue
             log.info("service stopping name=%s pid=%d", item.service.name, item.process.pid)
             kill_group(item.process.pid, process=item.process)
+            stop_strays(item.service)
             item.status = "stopped"
         state_path(self.plan.state_dir).unlink(missing_ok=True)
         log.info("stack stopped")
