@@ -1,7 +1,13 @@
 """The whole pipeline on a running cluster, as its users run it: ingestion and
 collection submitted as Ray jobs (visible in the Ray dashboard's Jobs tab, stoppable
-with ``ray job stop``), and the HTTP API deployed on Ray Serve. The PyFlink job runs
-beside Ray (a supervised service of the local stack; a FlinkDeployment on Kubernetes).
+with ``ray job stop``), and the HTTP API deployed on Ray Serve from a Serve config
+through the dashboard's REST API (what ``serve deploy`` and the RayService do). The
+PyFlink job runs beside Ray (a supervised service of the local stack; a FlinkDeployment
+on Kubernetes).
+
+Everything here talks to the cluster over HTTP only: the process running the pipeline
+(`aircast run`) is never a Ray driver, so it outlives a restart of the Ray head, finds
+the jobs and the app gone and submits and deploys them again (:meth:`Running.revive`).
 """
 
 from __future__ import annotations
@@ -12,14 +18,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
+from aircast.errors import AircastError
 from aircast.settings import Settings, stack_file
 from aircast.stack.services import free_port, port_is_free, ray_environment
+from serve.app import APP_NAME, build_app
+from serve.deploy import QUIET
 
 log = logging.getLogger(__name__)
 
 JOBS = {"ingest": "actors.ingest", "collect": "actors.collect"}
+# The Serve app's builder, as the RayService's serveConfigV2 names it.
+APP_IMPORT_PATH = f"{build_app.__module__}:{build_app.__name__}"
+SERVE_DEPLOY_TIMEOUT_S = 300.0
 
 
 # A failed job is resubmitted after this long, doubled on each failure in a row (up to
@@ -46,6 +59,8 @@ class Running:
     entrypoints: dict[str, str] = field(default_factory=dict)  # name → command line
     runtime_env: dict[str, object] = field(default_factory=dict)
     submitted: dict[str, Job] = field(default_factory=dict)
+    serve: ServeSubmissionClient | None = None
+    serve_config: dict[str, object] | None = None  # a Serve deploy config (serve deploy)
     serve_url: str | None = None
 
     @property
@@ -65,24 +80,67 @@ class Running:
         log.info("ray job submitted name=%s id=%s entrypoint=%r", name, job_id, entrypoint)
         return job_id
 
+    def _known(self) -> dict[str, JobDetails]:
+        """The cluster's jobs by submission id (one request for all of them)."""
+        return {j.submission_id: j for j in self.client.list_jobs() if j.submission_id}
+
+    def app_status(self) -> str | None:
+        """The Serve app's status (RUNNING, DEPLOYING, ...); None when there is none."""
+        if self.serve is None:
+            return None
+        apps = self.serve.get_serve_details().get("applications") or {}
+        app = apps.get(APP_NAME)
+        return str(app["status"]) if app else None
+
+    def deploy_serve(self, timeout_s: float = SERVE_DEPLOY_TIMEOUT_S) -> None:
+        """Deploy the Serve config and wait until the app is RUNNING."""
+        assert self.serve is not None and self.serve_config is not None
+        self.serve.deploy_applications(self.serve_config)
+        deadline = time.monotonic() + timeout_s
+        while (status := self.app_status()) != "RUNNING":
+            if status == "DEPLOY_FAILED" or time.monotonic() > deadline:
+                apps = self.serve.get_serve_details().get("applications") or {}
+                message = (apps.get(APP_NAME) or {}).get("message", "")
+                raise AircastError(f"Serve app {APP_NAME} not running ({status}): {message}")
+            time.sleep(1)
+        log.info("serve app deployed app=%s url=%s", APP_NAME, self.serve_url)
+
     def statuses(self) -> dict[str, str]:
+        known = self._known()
         out = {}
         for name, job in self.submitted.items():
-            state = str(self.client.get_job_status(job.submission_id).value)
+            info = known.get(job.submission_id)
+            state = str(info.status.value) if info is not None else "LOST"
             out[name] = state + (f"(restarts={job.restarts})" if job.restarts else "")
+        if self.serve_config is not None:
+            out["serve"] = self.app_status() or "NONE"
         return out
 
     def revive(self) -> list[str]:
         """Resubmit every job that FAILED (its driver or the job's supervisor died, e.g.
-        killed by Ray's memory monitor); the names resubmitted. A job stopped on purpose
-        (``ray job stop``, the dashboard) stays stopped. Nothing is lost by a restart:
-        the ingest's seen-keys (Redis) and the collectors' committed offsets (Kafka)
-        carry over, and the Flink job drops a reading it has already passed on."""
+        killed by Ray's memory monitor) or that the cluster no longer knows (its head
+        restarted), and deploy the Serve app again when the cluster has none; one line
+        for each thing done. A job stopped on purpose (``ray job stop``, the dashboard)
+        stays stopped. Nothing is lost by a restart: the ingest's seen-keys (Redis) and
+        the collectors' committed offsets (Kafka) carry over, and the Flink job drops a
+        reading it has already passed on."""
         now = time.monotonic()
-        revived = []
+        done = []
+        known = self._known()
         for name, job in self.submitted.items():
             if job.retry_at is None:
-                info = self.client.get_job_info(job.submission_id)
+                info = known.get(job.submission_id)
+                if info is None:
+                    # A new head (no GCS fault tolerance locally) starts with no jobs.
+                    log.warning(
+                        "ray job lost name=%s id=%s: the cluster does not know it (its head "
+                        "restarted?); resubmitting",
+                        name,
+                        job.submission_id,
+                    )
+                    if self._resubmit(job, name):
+                        done.append(f"ray job {name} lost (Ray head restarted?): resubmitted")
+                    continue
                 if info.status != JobStatus.FAILED:
                     continue
                 ran_s = ((info.end_time or 0) - (info.start_time or 0)) / 1000
@@ -101,11 +159,32 @@ class Running:
                 )
             if now < job.retry_at:
                 continue
+            if self._resubmit(job, name):
+                job.retry_at = None
+                done.append(f"ray job {name} failed: resubmitted")
+        if self.serve_config is not None:
+            try:
+                if self.app_status() is None:
+                    assert self.serve is not None
+                    log.warning(
+                        "serve app lost app=%s: the cluster has none; deploying it", APP_NAME
+                    )
+                    # Not waited for: the status line shows DEPLOYING, then RUNNING.
+                    self.serve.deploy_applications(self.serve_config)
+                    done.append(f"Serve app {APP_NAME} lost (Ray head restarted?): redeployed")
+            except Exception as exc:  # a head still starting: tried again next time
+                log.warning("serve app check failed app=%s error=%s", APP_NAME, exc)
+        return done
+
+    def _resubmit(self, job: Job, name: str) -> bool:
+        """Submit the job again; False (tried again next time) if the cluster refused."""
+        try:
             job.submission_id = self.submit(name)
-            job.restarts += 1
-            job.retry_at = None
-            revived.append(name)
-        return revived
+        except Exception as exc:  # a head still starting: tried again next time
+            log.warning("ray job resubmission failed name=%s error=%s", name, exc)
+            return False
+        job.restarts += 1
+        return True
 
 
 def submit_jobs(settings: Settings, source: str) -> Running:
@@ -122,20 +201,50 @@ def submit_jobs(settings: Settings, source: str) -> Running:
     return running
 
 
-def deploy_serve(settings: Settings) -> tuple[Settings, str]:
-    """Deploy the Serve app on a free port (the configured one when free)."""
-    from serve.deploy import deploy
+def serve_config(settings: Settings, env: dict[str, str]) -> dict[str, object]:
+    """The Serve deploy config of the app (the RayService's, with this stack's host,
+    port and environment): the app's builder reads its settings from that environment."""
+    s = settings.serve
+    prefix = s.route_prefix if s.route_prefix.startswith("/") else f"/{s.route_prefix}"
+    quiet = QUIET.dict(exclude_unset=True)
+    return {
+        "http_options": {"host": s.host, "port": s.port},
+        "logging_config": quiet,
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": prefix,
+                "import_path": APP_IMPORT_PATH,
+                "args": {},
+                "runtime_env": {"env_vars": env},
+                "logging_config": quiet,
+            }
+        ],
+    }
 
+
+def deploy_serve(settings: Settings, running: Running) -> Settings:
+    """Deploy the Serve app on a free port (the configured one when free) and wait until
+    it runs; the settings with that port."""
     port = settings.serve.port if port_is_free(settings.serve.port) else free_port()
     settings = settings.model_copy(
         update={"serve": settings.serve.model_copy(update={"port": port})}
     )
-    urls = deploy(settings)
-    return settings, urls.base
+    env = dict(running.runtime_env.get("env_vars", {}))  # type: ignore[call-overload]
+    env["AIRCAST_SERVE__PORT"] = str(port)
+    running.serve = ServeSubmissionClient(settings.ray.dashboard_url)
+    running.serve_config = serve_config(settings, env)
+    s = settings.serve
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
+    prefix = s.route_prefix if s.route_prefix.startswith("/") else f"/{s.route_prefix}"
+    running.serve_url = f"http://{host}:{port}{prefix.rstrip('/')}"
+    running.deploy_serve()
+    return settings
 
 
 def stop(running: Running, timeout_s: float = 30.0) -> None:
-    """Stop the submitted jobs (and wait until they are) and shut Serve down."""
+    """Stop the submitted jobs (and wait until they are) and shut Serve down. A job the
+    cluster no longer knows (its head restarted) has nothing left to stop."""
     for name, job_id in running.jobs.items():
         try:
             running.client.stop_job(job_id)
@@ -144,14 +253,16 @@ def stop(running: Running, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     for job_id in running.jobs.values():
         while time.monotonic() < deadline:
-            if running.client.get_job_status(job_id) in (
-                JobStatus.STOPPED,
-                JobStatus.SUCCEEDED,
-                JobStatus.FAILED,
-            ):
+            try:
+                status = running.client.get_job_status(job_id)
+            except RuntimeError:  # not known to the cluster
+                break
+            if status in (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED):
                 break
             time.sleep(0.5)
-    if running.serve_url:
-        from serve.deploy import undeploy
-
-        undeploy()
+    if running.serve is not None:
+        try:
+            # serve shutdown: the apps, proxies and controller.
+            running.serve.delete_applications()  # type: ignore[no-untyped-call]
+        except RuntimeError as exc:
+            log.warning("serve shutdown failed error=%s", exc)

@@ -122,7 +122,10 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             from actors import pipeline
 
             with console.status("stopping the pipeline..."):
-                pipeline.stop(running)
+                try:
+                    pipeline.stop(running)
+                except Exception as exc:  # the stack below is stopped all the same
+                    err.print(f"[red]stopping the pipeline failed: {exc}[/red]")
         if started_here and not args.keep:
             with console.status("stopping the local stack..."):
                 control.down(settings)
@@ -145,7 +148,7 @@ def _start_pipeline(settings: Settings) -> Any:
         err.print("[yellow]live API unreachable: ingesting the built-in SIMULATOR[/yellow]")
     running = pipeline.submit_jobs(settings, source)
     with console.status("deploying the HTTP API on Ray Serve..."):
-        settings, running.serve_url = pipeline.deploy_serve(settings)
+        settings = pipeline.deploy_serve(settings, running)
     table = Table(title="aircast pipeline")
     table.add_column("what")
     table.add_column("where")
@@ -172,8 +175,8 @@ def _print_status(settings: Settings, running: Any, *, influx: bool) -> None:
     jobs = ""
     if running is not None:
         try:
-            for name in running.revive():
-                err.print(f"[yellow]ray job {name} failed: resubmitted[/yellow]")
+            for what in running.revive():
+                err.print(f"[yellow]{what}[/yellow]")
             jobs = " " + " ".join(f"{k}={v}" for k, v in running.statuses().items())
         except Exception as exc:  # the dashboard restarting: the next line tries again
             jobs = f" jobs unavailable: {exc}"

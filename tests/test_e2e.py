@@ -10,6 +10,8 @@ ingest and collect Ray jobs and the Serve app.
   reported producing;
 * a job that failed (its driver killed -9) is resubmitted by `aircast run`, and the
   audit of the span again shows nothing lost or doubled;
+* the Ray head restarted (its GCS killed -9): `aircast run` lives on, resubmits the jobs
+  and deploys the Serve app again, and the audit shows nothing lost or doubled;
 * Ctrl-C leaves no process behind.
 """
 
@@ -33,6 +35,7 @@ from aircast.measures import MEASURES
 from aircast.settings import Settings, StackSettings
 from aircast.simulator import SNAPSHOT_WINDOW_S
 from aircast.stack import control
+from aircast.stack.services import ray_job_drivers
 
 from .helpers import AircastRun
 
@@ -263,7 +266,72 @@ def test_a_failed_job_is_resubmitted_and_nothing_is_lost(run: Run) -> None:
     assert audit.rejection_differences == {}, summary
 
 
+def _gcs_pid(settings: Settings) -> int:
+    """The Ray head's GCS server (under the stack's `ray start --block`)."""
+    head = psutil.Process(_service_pid(settings, "ray"))
+    for child in head.children(recursive=True):
+        if child.name() == "gcs_server":
+            return child.pid
+    raise AssertionError(f"no gcs_server under the Ray head: {head.children(recursive=True)}")
+
+
+def test_a_restarted_ray_head_gets_the_pipeline_back(run: Run) -> None:
+    """The Ray head's GCS killed -9: `ray start --block` ends, the stack supervisor
+    starts Ray again, and the new head knows no job and no Serve app. `aircast run`,
+    which talks to the cluster over HTTP only, lives on: it resubmits both jobs and
+    deploys the app again on its URL; no driver of the old head is left; the audit of
+    the span shows nothing lost or doubled."""
+    settings = run.settings
+    _wait_healthy(settings)
+    base = next(line.split("│")[2].strip() for line in run.app.lines if "live map" in line)
+    base = base.removesuffix("/ui/")
+    assert httpx.get(f"{base}/health", timeout=30).status_code == 200
+    _after_next_snapshot(settings, len(_snapshots(settings)))
+    since = time.time()
+    time.sleep(INTERVAL_S * 0.5)  # into the next snapshot
+    killed_at = len(run.app.out)
+    os.kill(_gcs_pid(settings), signal.SIGKILL)
+    deadline = time.monotonic() + 300
+    for said in (
+        "ray job ingest lost (Ray head restarted?): resubmitted",
+        "ray job collect lost (Ray head restarted?): resubmitted",
+        "Serve app aircast lost (Ray head restarted?): redeployed",
+    ):
+        while said not in run.app.out:
+            assert run.app.proc.poll() is None, run.app.out[-3000:]
+            assert time.monotonic() < deadline, run.app.out[-3000:]
+            time.sleep(1)
+    _wait_healthy(settings)
+    # The new ingest job's own log: two whole snapshots after its start.
+    _after_next_snapshot(settings, 1, timeout_s=240)
+    until = time.time()
+    while True:  # the app on the URL it had (its replicas start after the jobs')
+        try:
+            if httpx.get(f"{base}/health", timeout=10).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline + 300, run.app.out[-3000:]
+        time.sleep(2)
+    assert httpx.get(f"{base}/sensors", timeout=30).json()["sensors"]
+    back = re.compile(r"ingest=RUNNING\(restarts=\d+\) collect=RUNNING\(restarts=1\) serve=RUNNING")
+    while not back.search(run.app.out[killed_at:]):
+        assert time.monotonic() < deadline + 300, run.app.out[-3000:]
+        time.sleep(1)
+    # One driver per job: the old head's went with it (else two ingests would race).
+    _job_driver_pid("actors.ingest")
+    _job_driver_pid("actors.collect")
+
+    audit = _audited(settings, since - SNAPSHOT_WINDOW_S, until)
+    summary = audit.summary()
+    assert audit.raw_records > 0 and audit.stored > 0, summary
+    assert audit.lost == [], (summary, audit.lost[:20])
+    assert audit.doubled == {}, summary
+    assert audit.rejection_differences == {}, summary
+
+
 def test_ctrl_c_leaves_nothing(run: Run) -> None:
     assert run.app.stop() == 0, run.app.out
     assert "nothing left running" in run.app.out
     assert control.stack_processes(run.state) == []
+    assert ray_job_drivers(run.settings.ray.address) == []

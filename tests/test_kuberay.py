@@ -574,6 +574,31 @@ def test_serve_config_is_a_serve_deploy_config(rendered: dict[str, list[Doc]]) -
         ServeDeploySchema.model_validate({"applications": [{"name": "x", "route_prefix": "/"}]})
 
 
+@pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince20")
+def test_the_local_serve_config_deploys_what_the_rayservice_does(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    """`aircast run` deploys the app from a Serve config over the dashboard's REST API:
+    the same app name, builder and args as the RayService, with the stack's port and
+    environment, and access logs off."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from actors.pipeline import serve_config
+
+    settings = Settings()
+    settings = settings.model_copy(
+        update={"serve": settings.serve.model_copy(update={"port": 8123})}
+    )
+    local = ServeDeploySchema.model_validate(serve_config(settings, {"AIRCAST_X": "1"}))
+    text = _one(rendered["base"], "RayService", "aircast")["spec"]["serveConfigV2"]
+    cluster = ServeDeploySchema.model_validate(yaml.safe_load(text))
+    pick = [(a.name, a.import_path, a.args, a.route_prefix) for a in local.applications]
+    assert pick == [(a.name, a.import_path, a.args, a.route_prefix) for a in cluster.applications]
+    assert (local.http_options.host, local.http_options.port) == ("127.0.0.1", 8123)
+    assert local.applications[0].runtime_env == {"env_vars": {"AIRCAST_X": "1"}}
+    assert local.logging_config is not None and local.logging_config.enable_access_log is False
+
+
 def test_pipeline_jobs_run_the_stage_modules(rendered: dict[str, list[Doc]]) -> None:
     docs = rendered["base"]
     entrypoints = {d["metadata"]["name"]: d["spec"]["entrypoint"] for d in _of(docs, "RayJob")}
