@@ -336,9 +336,10 @@ def ray_job_drivers(gcs_address: str) -> list[int]:
     Ray starts each submitted job's entrypoint in a session of its own, with a watcher
     that kills it when the job's supervisor dies; a head that dies as a whole (GCS
     killed, then `ray start --block` ending every Ray process) takes the watchers too,
-    and the drivers live on, orphaned, beside the next head's (seen: an ingest of a
-    dead head's still fetching every minute). A driver is recognised by the environment
-    Ray gives it: ``RAY_JOB_CONFIG_JSON_ENV_VAR`` and this cluster's ``RAY_ADDRESS``."""
+    and the drivers live on, orphaned, beside the next head's (seen here: a collect
+    job's driver minutes after its head had gone). A driver is recognised by the
+    environment Ray gives it: ``RAY_JOB_CONFIG_JSON_ENV_VAR`` and this cluster's
+    ``RAY_ADDRESS``."""
     groups: set[int] = set()
     wanted = f"RAY_ADDRESS={gcs_address}".encode()
     for proc in Path("/proc").iterdir():
