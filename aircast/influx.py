@@ -11,7 +11,6 @@ own message.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -19,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import httpx
+import orjson
 
 from aircast.errors import BackpressureError, ConfigError, StorageError
 from aircast.settings import InfluxSettings
@@ -194,10 +194,12 @@ class InfluxV1:
             params.update(chunked="true", chunk_size=str(chunk_size))
         # POST: InfluxQL that changes state (CREATE, DROP) must not be a GET.
         response = self._request("POST", "/query", data=params)
+        # orjson: the audit of an hour at 10x decodes ~1 GB of answers (json took 87 %
+        # of its core for minutes); InfluxDB writes no NaN or big integers it refuses.
         payloads = (
-            [json.loads(line) for line in response.content.splitlines() if line.strip()]
+            [orjson.loads(line) for line in response.content.splitlines() if line.strip()]
             if chunk_size
-            else [response.json()]
+            else [orjson.loads(response.content)]
         )
         series: list[dict[str, Any]] = []
         for payload in payloads:
