@@ -9,15 +9,17 @@ Checked, and written to ``<state>/soak.json`` (and printed) for the README:
 
 * memory: every stack and Ray process's anonymous memory (``RssAnon``: its own, not the
   pages of files it maps, e.g. influxd's data files) is sampled every 30 s; after a
-  warm-up (a quarter of the run, and at least the longest any state is held by
-  design: the Flink job's windows, 10 minutes held back 15 more, and the dedupe
-  memories' TTL, plus 2 minutes), no process grows by more than 25 % + 64 MiB from its
-  level at the end of warm-up (its median over the warm-up's last quarter) to its
-  median over the run's last quarter; except the local in-memory broker, which holds every message
-  by design (its growth is reported). The run keeps the ingest's seen-keys and the Flink
-  job's dedupe state for ``TTL_S`` (10 minutes; by default 2 days and 2 hours): with
-  the defaults both grow by design for longer than any soak, and flatness could not
-  tell that growth from a leak (a full hour on 2026-11-29 showed exactly that);
+  warm-up (a quarter of the run, and at least the longest any state takes to fill by
+  design: the Flink job's windows, 10 minutes held back 15 more; the dedupe memories'
+  TTL; the forecast cache in Redis, one entry per series, which fills only once the
+  series have aggregates and a refresh period has passed; plus 2 minutes), no process
+  grows by more than 25 % + 64 MiB from its level at the end of warm-up (its median over
+  the warm-up's last quarter) to its median over the run's last quarter; except the
+  local in-memory broker, which holds every message by design (its growth is
+  reported). The run keeps the ingest's seen-keys and the Flink job's dedupe state for
+  ``TTL_S`` (10 minutes; by default 2 days and 2 hours): with the defaults both grow by
+  design for longer than any soak, and flatness could not tell that growth from a leak
+  (a full hour on 2026-11-29 showed exactly that);
 * lag: the collectors' lag, sampled every ``LAG_SAMPLE_S``, touches zero in every
   span of two refresh intervals after warm-up (a snapshot comes each interval; the
   10-minute aggregates arrive in one burst at 10x, ~460,000 of them), i.e. after every
@@ -47,7 +49,7 @@ import pytest
 from aircast.audit import run_audit
 from aircast.pipeline import status as pipeline_status
 from aircast.records import AGGREGATE_WINDOW_S
-from aircast.settings import FlinkSettings, Settings, StackSettings
+from aircast.settings import FlinkSettings, ServeSettings, Settings, StackSettings
 from aircast.simulator import FEED_PATH
 from aircast.stack import control
 from aircast.stack.services import free_port
@@ -73,6 +75,11 @@ _FLINK = FlinkSettings()
 WINDOW_STATE_S = (
     AGGREGATE_WINDOW_S + _FLINK.watermark_out_of_orderness_s + _FLINK.allowed_lateness_s
 )
+# The Refresher's forecast cache (Redis, one key per sensor and measure) fills once the
+# first aggregates are in InfluxDB and a refresh period has passed: on 2026-12-04 it
+# still grew after a 27-minute warm-up (redis-server 367 → 578 MiB) and held 465,420
+# forecasts, one per series, at the end.
+FORECAST_FILL_S = WINDOW_STATE_S + ServeSettings().forecast_refresh_s
 # The local JVM's heap for the run: at 10x the network the job's state (the dedupe's
 # 10 minutes of ~3,200 readings/s, ~460,000 sensor-measure windows) wants more than the
 # default 3 GB, where the trial spent 8 % of its time in garbage collection.
@@ -126,6 +133,21 @@ def _ray_job_logs(settings: Settings) -> str:
     return "".join(
         client.get_job_logs(j.submission_id) for j in client.list_jobs() if j.submission_id
     )
+
+
+def _redis_keys(settings: Settings) -> dict[str, int]:
+    """Redis's keys by kind (the part after the prefix: seen, lettered, place, ...)."""
+    from collections import Counter
+
+    from aircast.cache import redis_client
+
+    client = redis_client(settings.redis)
+    kinds: Counter[str] = Counter()
+    prefix = len(settings.redis.key_prefix)
+    for name in client.scan_iter(count=10_000):
+        kinds[name[prefix:].split(":", 1)[0]] += 1
+    client.close()
+    return dict(kinds)
 
 
 def _stop_ingest(settings: Settings) -> None:
@@ -205,6 +227,7 @@ def test_soak(tmp_path: Path) -> None:
             network_rss.append(_anon_rss(network.pid) or 0)
             time.sleep(SAMPLE_S)
         until = time.time()
+        redis_keys = _redis_keys(settings)
         sampling.set()
         lag_thread.join(timeout=60)
         # Nothing more comes in: the ingest job is stopped (`aircast run` leaves a job
@@ -243,7 +266,7 @@ def test_soak(tmp_path: Path) -> None:
         + "".join(f.read_text(errors="replace") for f in sorted((state / "logs").glob("*.log")))
     )
 
-    warm = max(seconds / 4, TTL_S + 120, WINDOW_STATE_S + 120)
+    warm = max(seconds / 4, TTL_S + 120, FORECAST_FILL_S + 120)
     growth: dict[str, tuple[int, int]] = {}
     for name, series in samples.items():
         base = [rss for t, rss in series if warm * 0.75 <= t <= warm]
@@ -288,6 +311,13 @@ def test_soak(tmp_path: Path) -> None:
         "dedupe_ttl_s": TTL_S,
         "warm_up_s": warm,
         "anon_rss_mib": {n: [round(b / 2**20), round(e / 2**20)] for n, (b, e) in growth.items()},
+        # The larger processes' memory every 5 minutes (MiB), to see a growth's shape.
+        "anon_rss_every_5_min": {
+            n: [round(rss / 2**20) for t, rss in series if int(t) % 300 < SAMPLE_S]
+            for n, series in samples.items()
+            if max(rss for _, rss in series) > 200 * 2**20
+        },
+        "redis_keys_at_the_end_of_the_hour": redis_keys,
         "grew_beyond_bound": sorted(grew),
         "audit_seconds": round(audit.seconds),
         "audits": audits,
