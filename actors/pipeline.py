@@ -51,6 +51,7 @@ class Job:
     restarts: int = 0
     failures_in_row: int = 0
     retry_at: float | None = None  # monotonic; set while a failed job waits out its backoff
+    stopped: bool = False  # seen STOPPED (ray job stop, the dashboard): never resubmitted
 
 
 @dataclass
@@ -110,7 +111,10 @@ class Running:
         out = {}
         for name, job in self.submitted.items():
             info = known.get(job.submission_id)
-            state = str(info.status.value) if info is not None else "LOST"
+            if info is not None:
+                state = str(info.status.value)
+            else:  # a new head: the job is gone (stopped before, or not resubmitted yet)
+                state = "STOPPED" if job.stopped else "LOST"
             out[name] = state + (f"(restarts={job.restarts})" if job.restarts else "")
         if self.serve_config is not None:
             out["serve"] = self.app_status() or "NONE"
@@ -129,6 +133,8 @@ class Running:
         known = self._known()
         for name, job in self.submitted.items():
             if job.retry_at is None:
+                if job.stopped:
+                    continue
                 info = known.get(job.submission_id)
                 if info is None:
                     # A new head (no GCS fault tolerance locally) starts with no jobs.
@@ -141,6 +147,8 @@ class Running:
                     if self._resubmit(job, name):
                         done.append(f"ray job {name} lost (Ray head restarted?): resubmitted")
                     continue
+                if info.status == JobStatus.STOPPED:
+                    job.stopped = True  # and stays so, even if the head restarts
                 if info.status != JobStatus.FAILED:
                     continue
                 ran_s = ((info.end_time or 0) - (info.start_time or 0)) / 1000
