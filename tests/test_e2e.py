@@ -314,7 +314,11 @@ def test_a_restarted_ray_head_gets_the_pipeline_back(run: Run) -> None:
         assert time.monotonic() < deadline + 300, run.app.out[-3000:]
         time.sleep(2)
     assert httpx.get(f"{base}/sensors", timeout=30).json()["sensors"]
-    back = re.compile(r"ingest=RUNNING\(restarts=\d+\) collect=RUNNING\(restarts=1\) serve=RUNNING")
+    # The status line wraps at the console's width (a narrow one in tests): any
+    # whitespace, a line break too, between its fields.
+    back = re.compile(
+        r"ingest=RUNNING\(restarts=\d+\)\s+collect=RUNNING\(restarts=1\)\s+serve=RUNNING"
+    )
     while not back.search(run.app.out[killed_at:]):
         assert time.monotonic() < deadline + 300, run.app.out[-3000:]
         time.sleep(1)
