@@ -17,6 +17,7 @@ current window's snapshot; ``ETag``/``If-None-Match`` let clients skip a repeat.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import random
@@ -284,28 +285,41 @@ class Network:
                 out.append(rec)
         return out
 
-    def snapshot_body(
-        self,
-        window_end: int,
-        pieces: dict[tuple[int, int], bytes],
-        window_s: int = SNAPSHOT_WINDOW_S,
-    ) -> tuple[bytes, dict[tuple[int, int], bytes]]:
-        """:meth:`snapshot` as the feed's JSON body, reusing ``pieces`` (each record's
-        JSON by sensor and time, from the previous body): consecutive files overlap (a
-        5-minute window refreshed every minute or less), so only the new readings are
-        built. Returns the body and the pieces to pass next time (this window's)."""
-        parts: list[bytes] = []
-        kept: dict[tuple[int, int], bytes] = {}
-        for sensor, t, twice in self._window(window_end, window_s):
-            key = (sensor.sensor_id, t)
-            piece = pieces.get(key)
-            if piece is None:
+    def snapshot_body(self, window_end: int, previous: Body | None = None) -> Body:
+        """:meth:`snapshot` as the feed's JSON body, reusing ``previous`` (the last
+        body): consecutive files overlap (a 5-minute window refreshed every minute or
+        less), so only the new readings are built; the rest are copied out of the
+        previous body, where its index says they are."""
+        # One buffer, each record written into it as made. At 10x the network (203,000
+        # sensors, 420,000 records a file) the records kept as separate bytes objects
+        # until joined were small allocations on this thread's malloc arena, freed out
+        # of order, and the process kept the memory: measured alone over six files,
+        # 2,370 MiB of anonymous memory with a dict of the pieces beside the body,
+        # 1,960 with only this index, 340-380 written into one buffer (each file also
+        # built in 2.4 s instead of 3.0).
+        out = io.BytesIO()
+        out.write(b"[")
+        spans: dict[int, int] = {}
+        old = memoryview(previous.data) if previous is not None else None
+        sep = b""
+        for sensor, t, twice in self._window(window_end, SNAPSHOT_WINDOW_S):
+            key = _piece_key(sensor.sensor_id, t)
+            span = previous.spans.get(key) if previous is not None else None
+            piece: bytes | memoryview
+            if span is None or old is None:
                 piece = orjson.dumps(self.record(sensor, t))
-            kept[key] = piece
-            parts.append(piece)
+            else:
+                start = span >> _SPAN_BITS
+                piece = old[start : start + (span & _SPAN_MASK)]
+            out.write(sep)
+            sep = b","
+            spans[key] = out.tell() << _SPAN_BITS | len(piece)
+            out.write(piece)
             if twice:
-                parts.append(piece)
-        return b"[" + b",".join(parts) + b"]", kept
+                out.write(b",")
+                out.write(piece)
+        out.write(b"]")
+        return Body(out.getvalue(), spans)
 
     def _window(self, window_end: int, window_s: int) -> Iterator[tuple[SimSensor, int, bool]]:
         """(sensor, reading time, whether the file repeats it) for every reading."""
@@ -320,6 +334,35 @@ class Network:
 
 def _record_id(sensor: SimSensor, t: int) -> int:
     return sensor.sensor_id * 1_000_000 + t % 1_000_000
+
+
+# A record's place in a body: its offset and length packed in one int (a record's JSON
+# is well under 1 MiB), keyed by its sensor and time packed likewise (no tuples: 420,000
+# of them a file at 10x).
+_SPAN_BITS = 20
+_SPAN_MASK = (1 << _SPAN_BITS) - 1
+
+
+def _piece_key(sensor_id: int, t: int) -> int:
+    return sensor_id << 32 | t
+
+
+@dataclass(frozen=True)
+class Body:
+    """A feed file's JSON and where each record's JSON is in it (by sensor and time;
+    a record the file repeats is indexed at its first place)."""
+
+    data: bytes
+    spans: dict[int, int]
+
+    def times(self) -> set[tuple[int, int]]:
+        """The (sensor id, time) of every record in the body."""
+        return {(key >> 32, key & 0xFFFFFFFF) for key in self.spans}
+
+    def piece(self, sensor_id: int, t: int) -> bytes:
+        span = self.spans[_piece_key(sensor_id, t)]
+        start = span >> _SPAN_BITS
+        return self.data[start : start + (span & _SPAN_MASK)]
 
 
 def current_window_end(now: float | None = None, refresh_s: int = SNAPSHOT_WINDOW_S) -> int:
@@ -364,8 +407,7 @@ class _SimHTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.network = network
         self.clock = clock
-        self._cache: tuple[int, bytes] | None = None
-        self._pieces: dict[tuple[int, int], bytes] = {}
+        self._cache: tuple[int, Body] | None = None
         self._lock = threading.Lock()
         # Every body is built on this one thread. Built on whichever request's thread
         # asked first, each file's pieces came from that thread's malloc arena and
@@ -380,10 +422,12 @@ class _SimHTTPServer(ThreadingHTTPServer):
         # building every file from scratch took longer than a client's timeout.
         with self._lock:
             if self._cache is None or self._cache[0] != window:
-                built = self._builder.submit(self.network.snapshot_body, window, self._pieces)
-                body, self._pieces = built.result()
-                self._cache = (window, body)
-            return self._cache[1]
+                previous = self._cache[1] if self._cache is not None else None
+                self._cache = None  # the previous body goes once the new one is built
+                built = self._builder.submit(self.network.snapshot_body, window, previous)
+                self._cache = (window, built.result())
+                del previous
+            return self._cache[1].data
 
     def server_close(self) -> None:
         super().server_close()

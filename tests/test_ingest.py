@@ -81,14 +81,26 @@ def test_simulator_is_deterministic_and_speaks_http() -> None:
     # The served body is the snapshot; the next, overlapping window reuses the records
     # both windows hold and builds only the new ones.
     faulty = Network(200, seed=7, faults=Faults(duplicate=0.05))
-    body, pieces = faulty.snapshot_body(WINDOW_1, {})
-    assert json.loads(body) == json.loads(json.dumps(faulty.snapshot(WINDOW_1)))
+    body = faulty.snapshot_body(WINDOW_1)
+    assert json.loads(body.data) == json.loads(json.dumps(faulty.snapshot(WINDOW_1)))
     later = WINDOW_1 + 60
-    body2, pieces2 = faulty.snapshot_body(later, pieces)
-    assert json.loads(body2) == json.loads(json.dumps(faulty.snapshot(later)))
-    shared = pieces.keys() & pieces2.keys()
-    assert len(shared) > len(pieces2) / 2 and all(pieces2[k] is pieces[k] for k in shared)
-    assert all(t >= later - 300 for _, t in pieces2)  # what left the window is dropped
+    body2 = faulty.snapshot_body(later, body)
+    assert json.loads(body2.data) == json.loads(json.dumps(faulty.snapshot(later)))
+    # Each record's index points at its own JSON, in both bodies.
+    for b in (body, body2):
+        assert all(
+            json.loads(b.piece(s, t))["id"] == s * 1_000_000 + t % 1_000_000 for s, t in b.times()
+        )
+    shared = body.times() & body2.times()
+    assert len(shared) > len(body2.times()) / 2
+    # Only the records the new window adds are built; the rest come out of the old body.
+    built: list[tuple[int, int]] = []
+    faulty.record = lambda s, t: built.append((s.sensor_id, t)) or Network.record(faulty, s, t)  # type: ignore[method-assign]
+    assert faulty.snapshot_body(later, body).data == body2.data
+    assert sorted(built) == sorted(body2.times() - body.times())
+    assert all(body2.piece(*k) == body.piece(*k) for k in shared)
+    assert all(t >= later - 300 for _, t in body2.times())  # what left the window is dropped
+    assert Network(0).snapshot_body(WINDOW_1).data == b"[]"
     with SimulatorServer(net, clock=lambda: WINDOW_1) as server:
         source = HttpSource(server.url, name="simulator", retries=0)
         snap = source.fetch()
