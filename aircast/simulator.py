@@ -410,15 +410,16 @@ class _SimHTTPServer(ThreadingHTTPServer):
         self._cache: tuple[int, Body] | None = None
         self._lock = threading.Lock()
         # Every body is built on this one thread. Built on whichever request's thread
-        # asked first, each file's pieces came from that thread's malloc arena and
+        # asked first, each file's records came from that thread's malloc arena and
         # were freed later from another's, and the allocator kept the memory: at 10x
         # (203,000 sensors, 40 consecutive files, two clients) the process grew from
-        # 2,018 to 4,094 MiB; built here, to 2,410 by the fifth file, 2,425 at the end.
+        # 2,018 to 4,094 MiB; built here, to 2,425 (and since each file is written into
+        # one buffer, see Network.snapshot_body, to 340-380).
         self._builder = ThreadPoolExecutor(1, thread_name_prefix="aircast-simulator-body")
 
     def body(self, window: int) -> bytes:
         # Built once per window (concurrent requests wait for it), from the previous
-        # window's pieces: at 10x the network (200,000 sensors, 420,000 records a file)
+        # window's body: at 10x the network (200,000 sensors, 420,000 records a file)
         # building every file from scratch took longer than a client's timeout.
         with self._lock:
             if self._cache is None or self._cache[0] != window:
