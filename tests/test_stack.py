@@ -4,9 +4,11 @@ and `down` (or Ctrl-C on `aircast run`) leaves no process behind."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -305,22 +307,48 @@ def test_a_dead_heads_job_drivers_are_stopped_with_it() -> None:
             proc.wait()
 
 
-def test_aircast_run_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+# A status line as `aircast run` prints it: its time, then the Kafka side, then (when
+# InfluxDB was asked) the counts; rich may wrap it at the console's width.
+STATUS_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d) (raw=.*?)(?=^\d\d:\d\d:\d\d |\Z)", re.M | re.S)
+
+
+def test_aircast_run_reports_its_status_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
     state = tmp_path / "run-stack"
+    every, count_every = 1, 5
     app = AircastRun(
         {
             "AIRCAST_STACK__STATE_DIR": str(state),
             "AIRCAST_STACK__SERVICES": '["redis","kafka","influxdb"]',
-        }
+        },
+        *("--status-every", str(every), "--count-every", str(count_every)),
     )
     try:
         app.wait_running(timeout_s=180)
         assert any("influxdb" in line and "http://127.0.0.1:" in line for line in app.lines)
+        deadline = time.monotonic() + 60
+        while len(STATUS_LINE.findall(app.out)) < 14 and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         code = app.stop(timeout_s=120)
     assert code == 0, app.out
     assert "nothing left running" in app.out
     assert control.stack_processes(state) == []
+    # A status line each second; InfluxDB's counts (every series scanned) on the first
+    # and then once every 5 s, not on every line. Printed times are whole seconds.
+    lines = [
+        (int(h) * 3600 + int(m) * 60 + int(s), "influx_points_1h=" in text)
+        for h, m, s, text in STATUS_LINE.findall(app.out)
+    ]
+    assert len(lines) >= 14, app.out
+    counted = [t for t, with_counts in lines if with_counts]
+    assert lines[0][1] and len(counted) >= 2 and len(counted) < len(lines) / 2, app.out
+    assert all((b - a) % 86400 >= count_every - 2 for a, b in itertools.pairwise(counted)), app.out
+    last = lines[0][0]
+    for t, with_counts in lines:
+        if with_counts:
+            last = t
+        else:
+            assert (t - last) % 86400 <= count_every + 2, app.out  # no count was skipped
 
 
 @pytest.mark.flink
