@@ -427,7 +427,6 @@ class _SimHTTPServer(ThreadingHTTPServer):
                 self._cache = None  # the previous body goes once the new one is built
                 built = self._builder.submit(self.network.snapshot_body, window, previous)
                 self._cache = (window, built.result())
-                del previous
             return self._cache[1].data
 
     def server_close(self) -> None:
