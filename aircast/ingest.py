@@ -173,10 +173,32 @@ class Ingestor:
         return key(self.settings.redis, "seen", record.dedupe_key)
 
     def process(self, records: list[Any], source: str) -> IngestCounts:
+        """One shard, in chunks of ``ingest.chunk_records``: each chunk is parsed, deduped,
+        geocoded and handed to the producer before the next is parsed, so the first
+        records reach the broker (and the Flink job starts on them) a chunk into the
+        shard instead of after all of it. Nothing is marked seen until every produced
+        record of the shard is acknowledged (one flush at the end), as before."""
         counts = IngestCounts(records=len(records))
         rejections: list[_Rejection] = []
-        valid: list[tuple[FeedRecord, Any]] = []
+        produced: list[FeedRecord] = []
         in_shard: set[str] = set()
+        size = self.settings.ingest.chunk_records
+        for start in range(0, len(records), size):
+            valid = self._parse(records[start : start + size], in_shard, rejections)
+            if valid:
+                fresh = self._unseen(valid, counts, rejections)
+                self._send(fresh, counts)
+                produced.extend(record for record, _ in fresh)
+        if produced:
+            self._commit(produced, counts)
+        self._letter(rejections, source, counts)
+        return counts
+
+    def _parse(
+        self, records: list[Any], in_shard: set[str], rejections: list[_Rejection]
+    ) -> list[tuple[FeedRecord, Any]]:
+        """The records whose envelope is usable and not repeated in the shard."""
+        valid: list[tuple[FeedRecord, Any]] = []
         for raw in records:
             try:
                 record = parse_feed_record(raw)
@@ -195,30 +217,39 @@ class Ingestor:
                 continue
             in_shard.add(record.dedupe_key)
             valid.append((record, raw))
+        return valid
 
-        if valid:
-            seen = self.redis.mget([self._seen_key(record) for record, _ in valid])
-            fresh: list[tuple[FeedRecord, Any]] = []
-            for (record, raw), before in zip(valid, seen, strict=True):
-                if before is None:
-                    fresh.append((record, raw))
-                elif before in (fingerprint(record), LEGACY_SEEN):
-                    counts.resighted += 1
-                else:
-                    rejections.append(
-                        _rejection(
-                            DUPLICATE,
-                            f"sensor {record.dedupe_key} already taken in with other values "
-                            f"(fingerprint {before}, now {fingerprint(record)})",
-                            raw,
-                            record,
-                        )
+    def _unseen(
+        self,
+        valid: list[tuple[FeedRecord, Any]],
+        counts: IngestCounts,
+        rejections: list[_Rejection],
+    ) -> list[tuple[FeedRecord, Any]]:
+        """The records no earlier snapshot produced; re-sightings counted, changed
+        re-sightings rejected."""
+        seen = self.redis.mget([self._seen_key(record) for record, _ in valid])
+        fresh: list[tuple[FeedRecord, Any]] = []
+        for (record, raw), before in zip(valid, seen, strict=True):
+            if before is None:
+                fresh.append((record, raw))
+            elif before in (fingerprint(record), LEGACY_SEEN):
+                counts.resighted += 1
+            else:
+                rejections.append(
+                    _rejection(
+                        DUPLICATE,
+                        f"sensor {record.dedupe_key} already taken in with other values "
+                        f"(fingerprint {before}, now {fingerprint(record)})",
+                        raw,
+                        record,
                     )
-            self._produce(fresh, counts)
-        self._letter(rejections, source, counts)
-        return counts
+                )
+        return fresh
 
-    def _produce(self, fresh: list[tuple[FeedRecord, Any]], counts: IngestCounts) -> None:
+    def _send(self, fresh: list[tuple[FeedRecord, Any]], counts: IngestCounts) -> None:
+        """Enrich with the place and hand to the producer (not yet acknowledged)."""
+        if not fresh:
+            return
         locations = {r.location_id: (r.latitude, r.longitude) for r, _ in fresh}
         hits, misses = self.places.hits, self.places.misses
         places = self.places.places(locations)
@@ -238,15 +269,17 @@ class Ingestor:
                 str(record.sensor_id).encode(),
                 timestamp_ms=record.timestamp * 1000,
             )
+
+    def _commit(self, produced: list[FeedRecord], counts: IngestCounts) -> None:
         # Raises if the broker refused or did not acknowledge any: nothing is marked seen.
         self.producer.flush()
         set_many(
             self.redis,
-            {self._seen_key(r): fingerprint(r) for r, _ in fresh},
+            {self._seen_key(r): fingerprint(r) for r in produced},
             self.settings.ingest.dedupe_ttl_s,
         )
-        counts.produced += len(fresh)
-        counts.values_produced += sum(len(r.values) for r, _ in fresh)
+        counts.produced += len(produced)
+        counts.values_produced += sum(len(r.values) for r in produced)
 
     def _lettered_key(self, rejection: _Rejection) -> str:
         return key(self.settings.redis, "lettered", rejection.digest)

@@ -165,6 +165,9 @@ class IngestSettings(BaseModel):
     # Scraping schedule: the API's window is 5 minutes.
     interval_s: float = Field(default=300.0, gt=0)
     scrapers: int = Field(default=4, ge=1)
+    # A scraper hands its shard to the producer this many records at a time, so the
+    # broker (and the Flink job) has the first of them early instead of at the end.
+    chunk_records: int = Field(default=2_000, ge=1)
     timeout_s: float = Field(default=30.0, gt=0)
     retries: int = Field(default=3, ge=0)
     # Archive replay: a folder or an http(s) base URL laid out like the public archive.

@@ -299,12 +299,17 @@ BAD: list[tuple[Any, str]] = [
 ]
 
 
-def test_bad_records_are_dead_lettered_with_reason(stack_settings: Settings) -> None:
-    settings = fresh(stack_settings)
+# Default chunks (the shard is one chunk), and chunks of 2: the repeat of good[0] is in
+# a later chunk than good[0] and still a duplicate; every produced record is sent once.
+@pytest.mark.parametrize("chunk", [2_000, 2])
+def test_bad_records_are_dead_lettered_with_reason(stack_settings: Settings, chunk: int) -> None:
+    settings = fresh(stack_settings, chunk_records=chunk)
     ingestor = Ingestor(settings)
     good = json.loads(Path(settings.data.feed_sample).read_text())[:5]
     snapshot = [raw for raw, _ in BAD] + good + good[:1]
     counts = ingestor.process(snapshot, "test")
+    raw = read_topic(settings.kafka, settings.kafka.raw_topic, expect=5)
+    assert sorted(json.loads(v)["id"] for _, v in raw) == sorted(r["id"] for r in good)
     # The same file again (the live API's file spans 5 minutes, fetched every minute):
     # its defects were lettered already; they are counted, not lettered twice.
     again = ingestor.process(snapshot, "test")
