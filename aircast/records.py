@@ -134,9 +134,14 @@ def _int(obj: dict[str, Any], key: str, where: str) -> int:
     if value is None or value == "":
         raise InvalidRecord(MISSING_FIELD, f"{where}.{key}")
     try:
-        return int(value)
-    except (TypeError, ValueError) as exc:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidRecord(MALFORMED, f"{where}.{key}={value!r} is not an integer") from exc
+    # Every consumer stores ids as signed 64-bit integers, and the readings' JSON writer
+    # refuses larger ones: beyond that an id failed the Flink job's split outright.
+    if not -(2**63) <= number < 2**63:
+        raise InvalidRecord(MALFORMED, f"{where}.{key}={value!r} is beyond 64 bits")
+    return number
 
 
 def _coordinate(location: dict[str, Any], key: str, limit: float) -> float:

@@ -295,6 +295,21 @@ def test_a_record_id_is_kept_only_when_it_is_one(record_id: Any, expected: int |
     assert all(orjson.loads(r.to_json())["record_id"] == expected for r in readings)
 
 
+@pytest.mark.parametrize("where", ["sensor", "location"])
+@pytest.mark.parametrize("big", [2**63, -(2**63) - 1, str(2**64 + 1), float(2**64)])
+def test_an_id_beyond_64_bits_is_malformed_not_a_crash(where: str, big: Any) -> None:
+    # Such a sensor id once reached the Flink job's split, whose JSON writer refused it:
+    # the job failed on that record after every restart.
+    rec = good()
+    rec[where] = dict(rec[where], id=big)
+    (rejection,) = R.split_record(rec)
+    assert isinstance(rejection, R.Rejection)
+    assert (rejection.reason, rejection.values) == (R.MALFORMED, 2)
+    assert f"{where}.id=" in rejection.detail and "64 bits" in rejection.detail
+    ok = dict(rec, **{where: dict(rec[where], id=2**63 - 1)})
+    assert all(isinstance(o, R.Reading) for o in R.split_record(ok))
+
+
 def _odd_records() -> list[Any]:
     """Records whose JSON is easy to get wrong, and records that are rejected."""
     out: list[Any] = []
