@@ -5,6 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 FLINK_VENV := .venv-flink
+FLINK_JAR := build/aircast-flink.jar
 # uv through the interpreter: a fresh pip install needs no PATH (or pyenv rehash).
 UV := $(PYTHON) -m uv
 export UV_SYSTEM_CERTS := 1
@@ -26,7 +27,7 @@ setup: system venvs
 system:
 	@bash scripts/setup-system.sh
 
-venvs: $(VENV)/.installed $(FLINK_VENV)/.installed
+venvs: $(VENV)/.installed $(FLINK_VENV)/.installed $(FLINK_JAR)
 
 .PHONY: .uv-bootstrap
 .uv-bootstrap:
@@ -46,6 +47,10 @@ $(FLINK_VENV)/.installed: pyproject.toml | .uv-bootstrap
 	@[ -x $(FLINK_VENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(FLINK_VENV)
 	@$(UV) pip install -q --python $(FLINK_VENV)/bin/python -e '.[flink]'
 	@touch $@
+
+# The Flink job's JVM fast lane (flink/java), compiled against the Flink jars PyFlink ships.
+$(FLINK_JAR): $(FLINK_VENV)/.installed flink/java/build.sh $(wildcard flink/java/aircast/flink/*.java)
+	@bash flink/java/build.sh "$$($(FLINK_VENV)/bin/python -c 'import os, pyflink; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')" $@
 
 run: setup
 	$(VENV)/bin/aircast run

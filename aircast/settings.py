@@ -197,6 +197,10 @@ class FlinkSettings(BaseModel):
     model_config = _FROZEN
 
     python: Path = Path(".venv-flink/bin/python")
+    # The job's JVM fast lane (flink/java, built by `make setup`): clean records become
+    # readings in the JVM, the rest go to Python. Unset: build/aircast-flink.jar in the
+    # project (the image sets its own).
+    jar: Path | None = None
     parallelism: int = Field(default=1, ge=1)
     group_id: str = "aircast-flink"
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"

@@ -27,6 +27,11 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 TRANSACTION_TIMEOUT_MS = 900_000
 
 
+def lane_jar(settings: Settings) -> Path:
+    """The JVM fast lane's jar (``flink.jar``, else the one `make setup` builds)."""
+    return settings.flink.jar or PROJECT_DIR / "build" / "aircast-flink.jar"
+
+
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     """The newest complete checkpoint under ``checkpoint_dir`` (any job id), or None.
 

@@ -26,6 +26,7 @@ from dataclasses import fields
 
 import orjson
 
+from aircast.measures import MEASURES
 from aircast.records import (
     DUPLICATE,
     LATE,
@@ -87,6 +88,16 @@ def split_message(text: str, at: int, source: str | None = None) -> list[Outcome
         else:
             out.append(outcome)
     return out
+
+
+def measure_table() -> str:
+    """The measure table as the JVM fast lane (``aircast.flink.FastSplit``) takes it: one
+    measure a line, ``name low high``, the bounds as Python writes them (read back as the
+    same doubles), so names and ranges stay defined once, in :mod:`aircast.measures`."""
+    for m in MEASURES:
+        if not m.name or any(c.isspace() for c in m.name):
+            raise ValueError(f"measure name {m.name!r} cannot be passed to the JVM lane")
+    return "\n".join(f"{m.name} {m.low!r} {m.high!r}" for m in MEASURES)
 
 
 def job_row(row: ReadingRow) -> tuple[int, str, str, float]:

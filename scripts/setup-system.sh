@@ -4,7 +4,8 @@
 set -euo pipefail
 
 packages=(redis-server influxdb chromium chromium-driver)
-command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
+# The JDK: the Flink job's JVM fast lane (flink/java) is compiled at setup.
+command -v javac >/dev/null 2>&1 || packages+=(openjdk-17-jdk-headless)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
 
 missing=()
