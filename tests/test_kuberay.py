@@ -544,6 +544,9 @@ def test_images_match_the_versions_deployed(rendered: dict[str, list[Doc]]) -> N
     assert ray_from.split()[0] == "rayproject/ray:2.60.0-py311"
     assert "\nFROM flink:2.0.1\n" in flink_docker
     assert '".[flink]"' in flink_docker and "flink-connector-kafka" in flink_docker
+    # The job's JVM fast lane is compiled into the image and found by the job.
+    assert "flink/java/build.sh /flink-lib /out/aircast-flink.jar" in flink_docker
+    assert "AIRCAST_FLINK__JAR=/opt/aircast/build/aircast-flink.jar" in flink_docker
     for docs in rendered.values():
         assert _one(docs, "RayService", "aircast")["spec"]["rayClusterConfig"]["rayVersion"] == (
             "2.60.0"
