@@ -22,8 +22,7 @@ builds) turns a clean record (every check passes, every field in a form whose Py
 reading is certain: ~99 % of real records) into its readings in the JVM, the rows the
 domain's split makes byte for byte (tests/test_flink_fast_split.py); every other message
 goes to the one Python operator, the split of the domain model, which decides what is
-valid and why not. Through PyFlink's Python operator a record cost ~50 µs of the job's
-thread (bench-flink 17,709 → ~29,000 readings/s with the lane). The dedupe, the
+valid and why not (the README has what it measured). The dedupe, the
 windows and the letters they make run in Flink SQL, in the JVM; the JSON of aggregates
 and of those letters is built by SQL generated from the domain's dataclasses
 (:mod:`flink.transforms`). The Python runs in the JVM's threads (``flink.execution_mode``

@@ -109,10 +109,10 @@ def _fast_lane(
 ) -> tuple[DataStream, DataStream]:
     """The JVM fast lane (``aircast.flink.FastSplit``, flink/java): a clean record's
     readings as the split's rows, made in the JVM; every other message on the second
-    stream, for the Python split. Through PyFlink's Python operator, a record costs ~50
-    µs of the JVM's thread (the split itself and the hand-over both ways); the lane
-    takes ~99 % of real records (tests/test_flink_fast_split.py checks its rows against
-    the domain's)."""
+    stream, for the Python split. Through PyFlink's Python operator a record cost ~47 µs
+    of the JVM's thread (the split and the hand-over both ways; a prototype reading a
+    file); the lane takes nearly every real record (tests/test_flink_fast_split.py
+    checks its rows against the domain's)."""
     if not jar.is_file():
         raise FileNotFoundError(f"{jar}: the job's JVM lane is not built (`make setup` builds it)")
     env.add_jars(jar.resolve().as_uri())
