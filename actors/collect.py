@@ -98,6 +98,7 @@ class CollectorActor:
             "flushes": s.flushes,
             "max_buffered": s.max_buffered,
             "storage_failures": s.storage_failures,
+            "refetched": s.refetched,
             "lag": dict(s.lag),
             "last_write_at": s.last_write_at,
             "pid": os.getpid(),

@@ -429,3 +429,63 @@ def test_the_lag_report_is_exact_and_does_not_stall_a_caught_up_collector(
         assert collector.stats.points[settings.influx.raw_database] == len(first) + len(second)
     finally:
         collector.close()
+
+
+class _SkippingFetches:
+    """The collector's own consumer on the real broker, except that its first ``times``
+    deliveries of 15 offsets of one partition go missing (the 6th to the 20th it
+    delivers of the first partition it delivers from), as when the local broker answered
+    a fetch past a batch that was there."""
+
+    def __init__(self, consumer: Any, times: int) -> None:
+        self._consumer = consumer
+        self._times = times
+        self.partition: int | None = None
+        self.skip = range(0)
+        self._left: dict[int, int] = {}
+        self.dropped = 0
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        out = []
+        for m in self._consumer.consume(num_messages=num_messages, timeout=timeout):
+            if m.error() is None:
+                if self.partition is None:
+                    self.partition = m.partition()
+                    self.skip = range(m.offset() + 5, m.offset() + 20)
+                    self._left = {offset: self._times for offset in self.skip}
+                if m.partition() == self.partition and self._left.get(m.offset(), 0):
+                    self._left[m.offset()] -= 1
+                    self.dropped += 1
+                    continue
+            out.append(m)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+@pytest.mark.parametrize("times", [1, 1_000])
+def test_offsets_a_fetch_skipped_are_read_again(stack_settings: Settings, times: int) -> None:
+    """A fetch that skips offsets of a partition (once): the collector reads the
+    partition again from the first missing one and writes every reading. A gap that
+    stays (transaction markers, aborted records: here skipped every time) is read
+    again once and then taken as it is: the collector neither loops nor stalls."""
+    from aircast.collect import Collector
+    from aircast.kafka import fast_consumer
+
+    settings = fresh(stack_settings)
+    topic = settings.kafka.readings_topic
+    readings = make_readings(40, 10, seed=12)  # 80 keys: ~200 readings a partition
+    produce_stream(settings, readings, [], [], chunks=1, pause_s=0)
+    consumer = _SkippingFetches(fast_consumer(settings.kafka, settings.collect.group_id), times)
+    parts = [(topic, p) for p in range(4)]
+    collector = Collector(settings, parts, consumer=consumer)  # type: ignore[arg-type]
+    stats = collector.run(until_idle_s=2)
+    collector.close()
+    written = stats.points[settings.influx.raw_database]
+    if times == 1:
+        assert consumer.dropped == 15  # skipped once, then read again
+        assert (written, stats.refetched) == (len(readings), 15)
+    else:
+        assert consumer.dropped == 30  # skipped, read again, skipped again: kept
+        assert (written, stats.refetched) == (len(readings) - 15, 0)
