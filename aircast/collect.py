@@ -311,8 +311,8 @@ class Collector:
         (True), once per gap. A gap is normal where a transactional producer wrote (its
         commit markers, and aborted records under read_committed, take offsets); but the
         local broker (tansu) has also answered a fetch past a whole batch that was there
-        (39 readings once, ~700 in a bench-e2e run on 2026-12-05), and the collector
-        committed past them: lost without a word. Read again, a skipped batch comes;
+        (39 readings, found when read again), and the collector committed past them:
+        lost without a word. Read again, a skipped batch comes;
         real gaps come back the same, and are then taken as they are."""
         topic, partition = key
         if key in self._reread and self._reread[key][0] == expected:
