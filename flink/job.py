@@ -19,7 +19,7 @@ Topology (parallelism ``flink.parallelism``; see :mod:`flink.topology`)::
 
 The split has two lanes. ``aircast.flink.FastSplit`` (flink/java, a jar `make setup`
 builds) turns a clean record (every check passes, every field in a form whose Python
-reading is certain: ~99 % of real records) into its readings in the JVM, the rows the
+reading is certain: nearly every valid real record) into its readings in the JVM, the rows the
 domain's split makes byte for byte (tests/test_flink_fast_split.py); every other message
 goes to the one Python operator, the split of the domain model, which decides what is
 valid and why not (the README has what it measured). The dedupe, the
