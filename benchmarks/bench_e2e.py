@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 from statistics import median
+from typing import Any
 from urllib.parse import quote, urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -52,19 +53,20 @@ def count_points(influx, database: str, measures: list[str], since: int, until: 
     return sum(int(r["count"]) for r in rows)
 
 
-def points_written(supervisor, database: str) -> int:  # type: ignore[no-untyped-def]
-    """Points InfluxDB has acknowledged from the collector actors, into ``database``."""
+def collector_stats(supervisor) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     import ray
 
-    stats = ray.get([a.stats.remote() for a in supervisor.actors])
-    return sum(int(s["points"].get(database, 0)) for s in stats)
+    return list(ray.get([a.stats.remote() for a in supervisor.actors]))
+
+
+def points_written(supervisor, database: str) -> int:  # type: ignore[no-untyped-def]
+    """Points InfluxDB has acknowledged from the collector actors, into ``database``."""
+    return sum(int(s["points"].get(database, 0)) for s in collector_stats(supervisor))
 
 
 def refetched(supervisor) -> int:  # type: ignore[no-untyped-def]
     """Offsets a fetch had skipped that the collectors read again (see Collector._gap)."""
-    import ray
-
-    return sum(int(s["refetched"]) for s in ray.get([a.stats.remote() for a in supervisor.actors]))
+    return sum(int(s["refetched"]) for s in collector_stats(supervisor))
 
 
 def main() -> None:
