@@ -13,6 +13,7 @@ import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 
 import org.apache.flink.api.common.typeinfo.Types;
@@ -158,7 +159,7 @@ public final class FastSplit extends ProcessFunction<String, Row> {
                 throw Unclean.INSTANCE;
             }
         }
-        ownCountry = ownCountry.toUpperCase(java.util.Locale.ROOT);
+        ownCountry = ownCountry.toUpperCase(Locale.ROOT);
         String city = "";
         String country = "";
         String placeCode = "";
@@ -168,6 +169,7 @@ public final class FastSplit extends ProcessFunction<String, Row> {
             city = optionalText(place.get("city"));
             country = optionalText(place.get("country"));
             placeCode = optionalText(place.get("country_code"));
+            // Not in the reading, but Python reads it too: only a string (or none) is clean.
             optionalText(place.get("region"));
         }
         String countryCode = placeCode.isEmpty() ? ownCountry : placeCode;
