@@ -223,9 +223,10 @@ class FlinkSettings(BaseModel):
     # ingest's Redis memory (ingest.dedupe_ttl_s, 2 days) keeps repeats of the feed out;
     # the job's catches what gets past it: a scraper retried after producing but before
     # marking seen, a Redis restart that lost its keys (the live file covers 5 minutes).
-    # Two hours is ample for those and bounds the job's state: a counter per reading
-    # key and time (tens of bytes each; at 10x the network ~2.3M readings an hour).
-    dedupe_ttl_s: int = Field(default=2 * 3600, ge=60)
+    # Two hours is ample for those and bounds the job's state: per series (sensor and
+    # measure) the times of its last two hours, 16 bytes each (at 10x the network ~2.3M
+    # readings an hour: ~75 MB). Seconds are allowed for tests of the expiry.
+    dedupe_ttl_s: int = Field(default=2 * 3600, ge=1)
     # Heap of the local mini-cluster's JVM (thread mode: the Python functions run in it
     # too). Unset, the JVM takes a quarter of the machine's memory and keeps it.
     local_heap_mb: int = Field(default=3072, ge=256)

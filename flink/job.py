@@ -40,8 +40,8 @@ value type) cannot exist because there is no per-measure routing code at all; th
 measure is data (key and value), checked by tests.
 
 **Duplicates**: a (sensor, measure, timestamp) seen again within ``flink.dedupe_ttl_s``
-(the SQL state's TTL) goes to the dead-letter topic (``duplicate``), never to the
-readings or the aggregates.
+of its last sighting (``aircast.flink.FirstSeen``, one state entry per series) goes to
+the dead-letter topic (``duplicate``), never to the readings or the aggregates.
 
 **Windows**: tumbling 10-minute event-time windows per sensor and measure. The
 watermarks are made in the source, per raw partition, from the message timestamps (the

@@ -6,10 +6,12 @@ Two lanes for the split, then Flink SQL:
   message → :class:`~flink.functions.SplitMessage` (Python) — raw message → one row per
   valid value ``(event ms, reading key, Reading JSON, value)``; rejections leave through
   the dead-letter side output. The two lanes' rows are one stream;
-* Flink SQL (Java): a count per (reading key, event time) in arrival order keeps the
-  first of each (later ones: ``duplicate``); the readings to the readings topic;
-  10-minute tumbling event-time windows per reading key (mean, min, max, count);
-  readings behind a fired window: ``late``. The JSON of aggregates and of those letters
+* ``aircast.flink.FirstSeen`` (JVM, keyed by reading key) keeps the first sighting of
+  each (reading key, event time); a sighting again within ``flink.dedupe_ttl_s``:
+  ``duplicate``;
+* Flink SQL (Java): the readings to the readings topic; 10-minute tumbling event-time
+  windows per reading key (mean, min, max, count); readings behind a fired window:
+  ``late``. The JSON of aggregates and of those letters
   is SQL generated from the domain's dataclasses (:mod:`flink.transforms`), so their
   shape is defined once, in :mod:`aircast.records`.
 
@@ -129,30 +131,37 @@ def _fast_lane(
     return DataStream(j_lane), DataStream(j_lane.getSideOutput(jvm.aircast.flink.FastSplit.SLOW))
 
 
-def _records_schema() -> Schema:
+def _first_seen(readings: DataStream, settings: Settings) -> tuple[DataStream, DataStream]:
+    """The dedupe (``aircast.flink.FirstSeen``, flink/java): the readings seen for the
+    first time, and those seen again within ``flink.dedupe_ttl_s``. It was a Flink SQL
+    count over (reading key, event time) with a state TTL: a state entry per reading and
+    its TTL bookkeeping cost a third of the job's CPU (bench-flink: 28-29k readings/s
+    with it, 36-42k without); the JVM function keeps one entry per series."""
+    jvm = get_gateway().jvm
+    row_type = F.READING_TYPE.get_java_type_info()
+    dedupe = jvm.aircast.flink.FirstSeen(settings.flink.dedupe_ttl_s * 1000, row_type)
+    j_first = (
+        readings._j_data_stream.keyBy(jvm.aircast.flink.FirstSeen.ByReadingKey())
+        .process(dedupe, row_type)
+        .name("first-seen")
+        .uid("first-seen")
+    )
+    return DataStream(j_first), DataStream(j_first.getSideOutput(dedupe.repeats()))
+
+
+def _readings_schema() -> Schema:
     # The physical columns are the split's row (ts, k, v, val); the event time is the
     # reading's own, the record's: what the message timestamp carried to the watermark.
     return (
         Schema.new_builder()
         .column_by_expression("rowtime", "TO_TIMESTAMP_LTZ(ts, 3)")
-        .column_by_expression("pt", "PROCTIME()")
         .watermark("rowtime", "SOURCE_WATERMARK()")
         .build()
     )
 
 
-# The readings of every record, each with how many times its (key, event time) was
-# seen so far, in arrival order: 1 is the reading, more a duplicate. Its state is the
-# dedupe memory, kept ``flink.dedupe_ttl_s`` (table.exec.state.ttl).
-COUNTED = """
-SELECT k, v, val, ts, rowtime,
-  COUNT(*) OVER (
-    PARTITION BY k, ts ORDER BY pt ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-  ) AS seen
-FROM records
-"""
-
-READINGS = "INSERT INTO readings_sink SELECT k, v FROM counted WHERE seen = 1"
+# ``firsts``: every reading's first sighting; ``repeats``: the sightings again.
+READINGS = "INSERT INTO readings_sink SELECT k, v FROM firsts"
 
 _AGGREGATE_JSON = aggregate_json_sql(
     "latest",
@@ -170,8 +179,7 @@ INSERT INTO aggregates_sink
 SELECT k, {_AGGREGATE_JSON} FROM (
   SELECT k, CAST((MIN(ts) - MOD(MIN(ts), {WINDOW_MS})) / 1000 AS BIGINT) AS start_s,
     AVG(val) AS mean, MIN(val) AS lo, MAX(val) AS hi, COUNT(*) AS n, LAST_VALUE(v) AS latest
-  FROM TABLE(TUMBLE(TABLE counted, DESCRIPTOR(rowtime), {interval(AGGREGATE_WINDOW_S)}))
-  WHERE seen = 1
+  FROM TABLE(TUMBLE(TABLE firsts, DESCRIPTOR(rowtime), {interval(AGGREGATE_WINDOW_S)}))
   GROUP BY k, window_start, window_end
 )
 """
@@ -189,10 +197,10 @@ def _letters(settings: Settings) -> str:
 INSERT INTO dead_letter_sink
 SELECT k, v FROM split_letters
 UNION ALL
-SELECT k, {dup} FROM counted WHERE seen > 1
+SELECT k, {dup} FROM repeats
 UNION ALL
-SELECT k, {late} FROM counted
-WHERE seen = 1 AND CURRENT_WATERMARK(rowtime) IS NOT NULL
+SELECT k, {late} FROM firsts
+WHERE CURRENT_WATERMARK(rowtime) IS NOT NULL
   AND TO_TIMESTAMP_LTZ(ts - MOD(ts, {WINDOW_MS}) + {WINDOW_MS} - 1, 3)
       <= CURRENT_WATERMARK(rowtime)
 """
@@ -204,9 +212,9 @@ def attach(env: StreamExecutionEnvironment, settings: Settings) -> None:
 
 
 def statements(env: StreamExecutionEnvironment, settings: Settings) -> StatementSet:
-    """The source and split on ``env``, and the SQL statements that read them: one set,
-    planned together so that the dedupe and its state exist once (``explain()`` shows
-    the plan; ``python -m flink.job --explain`` prints it)."""
+    """The source, split and dedupe on ``env``, and the SQL statements that read them: one
+    set, planned together (``explain()`` shows the plan; ``python -m flink.job --explain``
+    prints it)."""
     # A stable uid: a restart maps the checkpointed source offsets back onto it.
     raw = env.from_source(_source(settings), _watermarks(settings), "raw-topic").uid(
         "raw-topic-source"
@@ -216,20 +224,19 @@ def statements(env: StreamExecutionEnvironment, settings: Settings) -> Statement
         "split-validate"
     )
 
+    firsts, repeats = _first_seen(fast.union(split), settings)
+
     t_env = StreamTableEnvironment.create(env)
-    config = t_env.get_config()
-    config.set("table.exec.state.ttl", f"{settings.flink.dedupe_ttl_s} s")
-    config.set("table.local-time-zone", "UTC")  # letters write times as the feed does
-    readings = fast.union(split)
-    t_env.create_temporary_view("records", t_env.from_data_stream(readings, _records_schema()))
+    # Letters write times as the feed does. (No state TTL: the SQL keeps only window
+    # state, which a window's firing frees; the dedupe's retention is FirstSeen's.)
+    t_env.get_config().set("table.local-time-zone", "UTC")
+    # The statements below read ``firsts`` through one view: the planner's sub-plan
+    # reuse (on by default) converts its rows once for all of them.
+    t_env.create_temporary_view("firsts", t_env.from_data_stream(firsts, _readings_schema()))
+    t_env.create_temporary_view("repeats", t_env.from_data_stream(repeats, _readings_schema()))
     t_env.create_temporary_view(
         "split_letters", t_env.from_data_stream(split.get_side_output(F.DEAD_LETTERS))
     )
-    # The three statements below each read the counted readings; the planner's sub-plan
-    # reuse (on by default) plans them once: one OVER aggregate, one dedupe state
-    # (tests/test_flink_job.py checks the plan). The job used to hand them out to a
-    # DataStream and back to be sure of it: two row conversions per reading for nothing.
-    t_env.create_temporary_view("counted", t_env.sql_query(COUNTED))
     for table, topic, name in (
         ("readings_sink", settings.kafka.readings_topic, "readings"),
         ("aggregates_sink", settings.kafka.aggregates_topic, "aggregates"),

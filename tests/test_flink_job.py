@@ -99,7 +99,12 @@ class Job:
 
 
 def job_settings(
-    stack: Settings, tmp_path: Path, delivery: str, interval_ms: int, raw_partitions: int = 1
+    stack: Settings,
+    tmp_path: Path,
+    delivery: str,
+    interval_ms: int,
+    raw_partitions: int = 1,
+    **flink: Any,
 ) -> tuple[Settings, Path]:
     name = unique("flink")
     overlay: dict[str, Any] = {
@@ -120,6 +125,7 @@ def job_settings(
             "watermark_out_of_orderness_s": 60,
             "allowed_lateness_s": 600,
             "restart_delay_ms": 500,
+            **flink,
         },
     }
     config = tmp_path / "flink.yaml"
@@ -370,6 +376,44 @@ def test_job_splits_dedupes_aggregates_and_dead_letters(
     assert "flink job starting" in job.text() and "flink job cancelled" in job.text()
 
 
+def test_a_reading_is_a_duplicate_only_within_the_retention_of_its_last_sighting(
+    stack_settings: Settings, tmp_path: Path, topics_of: Callable[[Settings], dict[str, Topic]]
+) -> None:
+    """FirstSeen keeps a series' times for ``flink.dedupe_ttl_s`` (6 s here): A is seen,
+    B 3 s later; at 7.5 s A has expired (and the series' timer, due at 6 s, has dropped
+    it) while B has not, so A again is a reading again and B again a duplicate."""
+    ttl = 6
+    settings, config = job_settings(
+        stack_settings, tmp_path, "at-least-once", 2000, dedupe_ttl_s=ttl
+    )
+    a = feed_record(201, BASE + 10, {"P1": "10"})
+    b = feed_record(201, BASE + 160, {"P1": "12"})
+    topics = topics_of(settings)
+    job = Job(settings, config, tmp_path / "job.log")
+    job.start()
+    try:
+        produce(settings, [a])
+        wait_for(topics, lambda s: len(s["readings"]) >= 1, job, START_TIMEOUT_S)
+        a_seen = time.monotonic()  # A reached the job before this
+        time.sleep(3)
+        produce(settings, [b])
+        wait_for(topics, lambda s: len(s["readings"]) >= 2, job, 30)
+        time.sleep(max(0.0, a_seen + ttl + 1.5 - time.monotonic()))
+        produce(settings, [dict(a), dict(b)])
+        wait_for(topics, lambda s: len(s["readings"]) >= 3 and len(s["dead"]) >= 1, job, 30)
+        seen = settle(topics, 3)
+    finally:
+        code = job.stop() if job.proc and job.proc.poll() is None else None
+    assert code == 0, job.text()[-3000:]
+    readings = [R.Reading.from_json(v).timestamp - BASE for _, v in seen["readings"]]
+    assert readings == [10, 160, 10]
+    (dup,) = [R.DeadLetter.from_json(v) for _, v in seen["dead"]]
+    assert (dup.reason, dup.detail) == (
+        R.DUPLICATE,
+        "201:P1 at 2024-01-01 00:02:40 already taken in",
+    )
+
+
 def test_a_backlog_on_several_partitions_makes_no_reading_late(
     stack_settings: Settings, tmp_path: Path, topics_of: Callable[[Settings], dict[str, Topic]]
 ) -> None:
@@ -565,10 +609,10 @@ def test_flink_python_is_there() -> None:
     assert os.access(FLINK_PYTHON, os.X_OK)
 
 
-def test_the_dedupe_is_planned_once_for_its_three_statements(tmp_path: Path) -> None:
-    """The readings, the aggregates and the letters each read the counted readings: one
-    OVER aggregate (one dedupe state, one count per reading) serves all three. Planned
-    per statement, a reading would be counted three times and kept in three states."""
+def test_the_deduped_readings_are_read_once_for_the_three_statements(tmp_path: Path) -> None:
+    """The readings, the aggregates and the late letters each read the deduped readings
+    (FirstSeen's output): the plan converts them once and reuses the scan for all
+    three, and no SQL operator keeps a dedupe state of its own."""
     config = tmp_path / "flink.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -589,4 +633,7 @@ def test_the_dedupe_is_planned_once_for_its_three_statements(tmp_path: Path) -> 
         f"Sink(table=[default_catalog.default_database.{table}"
         for table in ("readings_sink", "aggregates_sink", "dead_letter_sink")
     ], sinks
-    assert plan.count("OverAggregate(") == 1, plan
+    assert "OverAggregate(" not in plan and "Deduplicate(" not in plan, plan
+    scans = [line for line in plan.splitlines() if line.startswith("TableSourceScan(")]
+    assert len(scans) == 1 and "reuse_id=[1]" in scans[0], plan
+    assert plan.count("Reused(reference_id=[1])") == 3, plan
