@@ -44,6 +44,7 @@ from typing import Any
 
 import redis
 
+from aircast.bulk import collector_paused
 from aircast.cache import key, redis_client, set_many
 from aircast.deadletters import DeadLetters
 from aircast.errors import InvalidRecord
@@ -177,7 +178,13 @@ class Ingestor:
         geocoded and handed to the producer before the next is parsed, so the first
         records reach the broker (and the Flink job starts on them) a chunk into the
         shard instead of after all of it. Nothing is marked seen until every produced
-        record of the shard is acknowledged (one flush at the end), as before."""
+        record of the shard is acknowledged (one flush at the end), as before.
+
+        The garbage collector is paused meanwhile (:mod:`aircast.bulk`)."""
+        with collector_paused():
+            return self._process(records, source)
+
+    def _process(self, records: list[Any], source: str) -> IngestCounts:
         counts = IngestCounts(records=len(records))
         rejections: list[_Rejection] = []
         produced: list[FeedRecord] = []

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import orjson
 
+from aircast.bulk import collector_paused
 from aircast.errors import AircastError
 from aircast.records import format_timestamp, parse_timestamp
 
@@ -109,7 +110,8 @@ class HttpSource:
 
     def _snapshot(self, response: httpx.Response) -> Snapshot:
         try:
-            records = _loads(response.content)
+            with collector_paused():
+                records = _loads(response.content)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise SourceError(f"{self.url} sent invalid JSON: {exc}") from exc
         if not isinstance(records, list):
