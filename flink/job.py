@@ -12,20 +12,22 @@ Topology (parallelism ``flink.parallelism``; see :mod:`flink.topology`)::
        from the message timestamps)        ├─(rejections)───────────→ dead-letter topic
                                            └─(readings)─────────────────────────┤
       → one row per valid value: event time, reading key, JSON, value ←────────┘
-      → Flink SQL: count per (reading key, event time)
+      → FirstSeen (JVM, keyed by reading key): the dedupe
           ├─ first seen ──────────────────────────────────────────────────→ readings topic
-          ├─ seen again (``duplicate``); behind a fired window (``late``) ─→ dead-letter topic
-          └─ 10-minute tumbling windows (mean, min, max, count) ─────────→ aggregates topic
+          │   └─ Windows (JVM): 10-minute tumbling windows
+          │        (mean, min, max, count) ─────────────────────────────→ aggregates topic
+          └─ seen again (``duplicate``); behind a fired window (``late``) ─→ dead-letter topic
 
 The split has two lanes. ``aircast.flink.FastSplit`` (flink/java, a jar `make setup`
 builds) turns a clean record (every check passes, every field in a form whose Python
 reading is certain: nearly every valid real record) into its readings in the JVM, the rows the
 domain's split makes byte for byte (tests/test_flink_fast_split.py); every other message
 goes to the one Python operator, the split of the domain model, which decides what is
-valid and why not (the README has what it measured). The dedupe, the
-windows and the letters they make run in Flink SQL, in the JVM; the JSON of aggregates
-and of those letters is built by SQL generated from the domain's dataclasses
-(:mod:`flink.transforms`). The Python runs in the JVM's threads (``flink.execution_mode``
+valid and why not (the README has what it measured). The dedupe
+(``aircast.flink.FirstSeen``) and the windows (``aircast.flink.Windows``) are JVM
+functions too, keyed by reading key and chained; the sinks and the ``duplicate`` and
+``late`` letters are Flink SQL. The aggregates' JSON is laid out and the letters' SQL
+generated from the domain's dataclasses (:mod:`flink.transforms`). The Python runs in the JVM's threads (``flink.execution_mode``
 "thread", PyFlink's embedded interpreter). History, measured by ``make bench-flink``
 against an identity PyFlink job: a separate Python dedupe and PyFlink's Python window
 operator, 1/15; one Python function keyed by sensor with its own state and timers
@@ -47,7 +49,7 @@ the dead-letter topic (``duplicate``), never to the readings or the aggregates.
 watermarks are made in the source, per raw partition, from the message timestamps (the
 ingest stamps each record with its measurement time), and the job's is the least of
 them (a partition idle ``flink.idle_partition_s`` stops holding it back): a backlog read
-one partition ahead of another makes nothing late. Flink SQL's windows fire once, so
+one partition ahead of another makes nothing late. A window fires once, so
 each partition's watermark trails its newest record by
 ``flink.watermark_out_of_orderness_s`` *plus* ``flink.allowed_lateness_s``: a window
 waits for its late readings and its one aggregate is final (no early result followed by

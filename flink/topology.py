@@ -1,6 +1,6 @@
 """The PyFlink wiring of the job (see :mod:`flink.job` for what it does and why).
 
-Two lanes for the split, then Flink SQL:
+Two lanes for the split, the dedupe and windows in the JVM, then Flink SQL:
 
 * ``aircast.flink.FastSplit`` (JVM, flink/java) — a clean record → its rows; every other
   message → :class:`~flink.functions.SplitMessage` (Python) — raw message → one row per
@@ -9,17 +9,23 @@ Two lanes for the split, then Flink SQL:
 * ``aircast.flink.FirstSeen`` (JVM, keyed by reading key) keeps the first sighting of
   each (reading key, event time); a sighting again within ``flink.dedupe_ttl_s``:
   ``duplicate``;
-* Flink SQL (Java): the readings to the readings topic; 10-minute tumbling event-time
-  windows per reading key (mean, min, max, count); readings behind a fired window:
-  ``late``. The JSON of aggregates and of those letters
-  is SQL generated from the domain's dataclasses (:mod:`flink.transforms`), so their
+* ``aircast.flink.Windows`` (JVM, chained after FirstSeen on the same keys): 10-minute
+  tumbling event-time windows per reading key (mean, min, max, count), each written
+  once, final;
+* Flink SQL (Java): the readings, the aggregates and the letters to their topics;
+  readings behind a fired window: ``late``. The aggregates' JSON is laid out
+  (:func:`flink.transforms.aggregate_layout`) and the letters' is SQL generated
+  (:func:`flink.transforms.letter_json_sql`) from the domain's dataclasses, so their
   shape is defined once, in :mod:`aircast.records`.
 
-Why SQL: a Python keyed function with state and timers cost ~790 µs a record (every
+Why the JVM: a Python keyed function with state and timers cost ~790 µs a record (every
 state access and timer a call from Python into the JVM); the same work in Flink's own
-operators costs a fraction of that, and the Python left is one pass per record.
+operators costs a fraction of that, and the Python left is one pass per record for the
+messages the fast lane leaves. The dedupe and the windows were Flink SQL until
+2026-12-05: a count over (key, time) with a state TTL and a window aggregate were each
+over a third of the job's CPU (the README has the figures).
 
-Allowed lateness: Flink SQL's windows fire once, when the watermark passes their end.
+Allowed lateness: a window fires once, when the watermark passes its end.
 The watermark is held back by the out-of-orderness *and* the allowed lateness, so a
 window waits for its late readings and fires once, final (no early result followed by
 corrections); a reading behind a window that fired is ``late``: delivered, not in the
@@ -41,7 +47,7 @@ from aircast.records import AGGREGATE_WINDOW_S, DUPLICATE, LATE
 from aircast.settings import Settings
 from flink import functions as F
 from flink.config import kafka_properties, lane_jar, sink_ddl
-from flink.transforms import aggregate_json_sql, letter_json_sql, measure_table
+from flink.transforms import aggregate_layout, letter_json_sql, measure_table
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 WINDOW_MS = AGGREGATE_WINDOW_S * 1000
@@ -83,14 +89,6 @@ def _source(settings: Settings) -> KafkaSource:
         if key != "bootstrap.servers":
             builder = builder.set_property(key, value)
     return builder.build()
-
-
-def interval(seconds: int) -> str:
-    """A SQL interval literal of any number of seconds (``SECOND`` alone stops at 99)."""
-    days, rest = divmod(seconds, 86_400)
-    return (
-        f"INTERVAL '{days} {rest // 3600:02}:{rest % 3600 // 60:02}:{rest % 60:02}' DAY TO SECOND"
-    )
 
 
 def _watermarks(settings: Settings) -> WatermarkStrategy:
@@ -149,6 +147,27 @@ def _first_seen(readings: DataStream, settings: Settings) -> tuple[DataStream, D
     return DataStream(j_first), DataStream(j_first.getSideOutput(dedupe.repeats()))
 
 
+def _windows(firsts: DataStream) -> DataStream:
+    """The aggregates, ``(key, Aggregate JSON)`` (``aircast.flink.Windows``, flink/java),
+    on FirstSeen's keys: the stream is marked keyed as it is, so the function is chained
+    to FirstSeen with no hand-over between them. It was a Flink SQL window aggregate:
+    bench-flink's job ran 52-58k readings/s without it, 35-37k with it."""
+    jvm = get_gateway().jvm
+    marker, figures = aggregate_layout()
+    keyed = jvm.org.apache.flink.streaming.api.datastream.DataStreamUtils.reinterpretAsKeyedStream(
+        firsts._j_data_stream, jvm.aircast.flink.FirstSeen.ByReadingKey()
+    )
+    j_aggregates = (
+        keyed.process(
+            jvm.aircast.flink.Windows(WINDOW_MS, marker, " ".join(figures)),
+            F.KV_TYPE.get_java_type_info(),
+        )
+        .name("windows")
+        .uid("windows")
+    )
+    return DataStream(j_aggregates)
+
+
 def _readings_schema() -> Schema:
     # The physical columns are the split's row (ts, k, v, val); the event time is the
     # reading's own, the record's: what the message timestamp carried to the watermark.
@@ -163,30 +182,11 @@ def _readings_schema() -> Schema:
 # ``firsts``: every reading's first sighting; ``repeats``: the sightings again.
 READINGS = "INSERT INTO readings_sink SELECT k, v FROM firsts"
 
-_AGGREGATE_JSON = aggregate_json_sql(
-    "latest",
-    {
-        "window_start": "start_s",
-        "window_end": f"start_s + {AGGREGATE_WINDOW_S}",
-        "mean": "mean",
-        "min": "lo",
-        "max": "hi",
-        "count": "n",
-    },
-)
-AGGREGATES = f"""
-INSERT INTO aggregates_sink
-SELECT k, {_AGGREGATE_JSON} FROM (
-  SELECT k, CAST((MIN(ts) - MOD(MIN(ts), {WINDOW_MS})) / 1000 AS BIGINT) AS start_s,
-    AVG(val) AS mean, MIN(val) AS lo, MAX(val) AS hi, COUNT(*) AS n, LAST_VALUE(v) AS latest
-  FROM TABLE(TUMBLE(TABLE firsts, DESCRIPTOR(rowtime), {interval(AGGREGATE_WINDOW_S)}))
-  GROUP BY k, window_start, window_end
-)
-"""
+AGGREGATES = "INSERT INTO aggregates_sink SELECT k, v FROM aggregates"
 
 
 # A window fires when the watermark reaches its last millisecond; a reading for it
-# seen after that is dropped by the window: ``late``. (At parallelism above 1 the
+# seen after that is left out by Windows (the same rule): ``late``. (At parallelism above 1 the
 # window's watermark is the least of its inputs', so a reading may be both counted and
 # lettered late at the edge; at 1 the two agree.)
 def _letters(settings: Settings) -> str:
@@ -234,6 +234,7 @@ def statements(env: StreamExecutionEnvironment, settings: Settings) -> Statement
     # reuse (on by default) converts its rows once for all of them.
     t_env.create_temporary_view("firsts", t_env.from_data_stream(firsts, _readings_schema()))
     t_env.create_temporary_view("repeats", t_env.from_data_stream(repeats, _readings_schema()))
+    t_env.create_temporary_view("aggregates", t_env.from_data_stream(_windows(firsts)))
     t_env.create_temporary_view(
         "split_letters", t_env.from_data_stream(split.get_side_output(F.DEAD_LETTERS))
     )

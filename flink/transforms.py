@@ -12,8 +12,9 @@ Shapes (see :mod:`aircast.records` for the records themselves):
 * a repeated (sensor, measure, timestamp), or a reading behind a window that already
   fired → :func:`letter_json_sql`, the SQL that writes its ``duplicate`` or ``late``
   letter;
-* a window's figures and latest reading → :func:`aggregate_json_sql`, the SQL that
-  writes them as an :class:`~aircast.records.Aggregate`'s JSON.
+* a window's figures and latest reading → an :class:`~aircast.records.Aggregate`'s
+  JSON, written by the job's JVM function ``aircast.flink.Windows`` in the layout
+  :func:`aggregate_layout` gives it.
 
 Parsing, validation, ranges and reason codes all come from :mod:`aircast.records`;
 nothing here decides whether a value is valid.
@@ -162,18 +163,16 @@ def letter_json_sql(reason: str, key: str, reading: str, ts_ms: str, lateness_s:
     )
 
 
-def aggregate_json_sql(latest: str, figures: Mapping[str, str]) -> str:
-    """SQL for an :class:`~aircast.records.Aggregate`'s JSON: the sensor and its place
-    from the JSON text of the window's latest reading (column ``latest``), the window's
-    figures from ``figures`` (field → numeric SQL expression).
+def aggregate_layout() -> tuple[str, list[str]]:
+    """An :class:`~aircast.records.Aggregate`'s JSON as the job writes it: the sensor and
+    its place are the window's latest reading's JSON text up to ``marker`` (its first
+    field an Aggregate does not share), then ``figures``, the Aggregate's other fields in
+    order, each as ``,"<name>":<number>``.
 
     The Aggregate's leading fields are the Reading's leading fields, in the same order
-    (checked here): they are cut from the reading's JSON text up to its first other key,
-    not parsed. Parsing it with ``JSON_VALUE`` once per field and writing the result
-    with ``JSON_OBJECT`` was a tenth of the job's Java CPU samples (JFR, bench-flink);
-    the window task's share fell from 22 % to 9 %. It also copies ids as they are
-    (``JSON_VALUE`` has no BIGINT). The cut is safe: inside a JSON string every ``"`` is
-    escaped, so ``,"<key>":`` only appears as a key.
+    (checked here): they are cut from the reading's JSON text, not parsed and written
+    again (that, in SQL, was a tenth of the job's Java CPU samples). The cut is safe:
+    inside a JSON string every ``"`` is escaped, so ``,"<key>":`` only appears as a key.
     """
     reading = [f.name for f in fields(Reading)]
     aggregate = [f.name for f in fields(Aggregate)]
@@ -186,12 +185,4 @@ def aggregate_json_sql(latest: str, figures: Mapping[str, str]) -> str:
             f"Aggregate fields {aggregate} do not start with Reading's sensor and place "
             f"fields in Reading's order {reading}"
         )
-    missing = [name for name in rest if name not in figures]
-    if missing:
-        raise ValueError(f"no SQL for Aggregate fields {missing}")
-    marker = sql_string(f',"{reading[shared]}":')
-    parts = [f"SUBSTRING({latest} FROM 1 FOR POSITION({marker} IN {latest}) - 1)"]
-    for name in rest:
-        parts += [sql_string(f',"{name}":'), f"CAST({figures[name]} AS STRING)"]
-    parts.append("'}'")
-    return f"CONCAT({', '.join(parts)})"
+    return f',"{reading[shared]}":', rest
