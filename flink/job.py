@@ -28,8 +28,8 @@ valid and why not (the README has what it measured). The dedupe
 functions too, keyed by reading key and chained; the sinks and the ``duplicate`` and
 ``late`` letters are Flink SQL. The aggregates' JSON is laid out and the letters' SQL
 generated from the domain's dataclasses (:mod:`flink.transforms`). The Python runs in
-the JVM's threads (``flink.execution_mode`` "thread", PyFlink's embedded interpreter). History, measured by ``make bench-flink``
-against an identity PyFlink job: a separate Python dedupe and PyFlink's Python window
+the JVM's threads (``flink.execution_mode`` "thread", PyFlink's embedded interpreter).
+History, measured by ``make bench-flink`` against an identity PyFlink job: a separate Python dedupe and PyFlink's Python window
 operator, 1/15; one Python function keyed by sensor with its own state and timers
 (every state access and timer a call from Python into the JVM), 0.15; this, 0.65-0.70
 (three runs, each the best of three rounds; the local JVM with the parallel collector).
