@@ -20,19 +20,20 @@ Topology (parallelism ``flink.parallelism``; see :mod:`flink.topology`)::
 
 The split has two lanes. ``aircast.flink.FastSplit`` (flink/java, a jar `make setup`
 builds) turns a clean record (every check passes, every field in a form whose Python
-reading is certain: nearly every valid real record) into its readings in the JVM, the rows the
-domain's split makes byte for byte (tests/test_flink_fast_split.py); every other message
-goes to the one Python operator, the split of the domain model, which decides what is
-valid and why not (the README has what it measured). The dedupe
+reading is certain: nearly every valid real record) into its readings in the JVM, the
+rows the domain's split makes byte for byte (tests/test_flink_fast_split.py); every
+other message goes to the one Python operator, the split of the domain model, which
+decides what is valid and why not (the README has what it measured). The dedupe
 (``aircast.flink.FirstSeen``) and the windows (``aircast.flink.Windows``) are JVM
 functions too, keyed by reading key and chained; the sinks and the ``duplicate`` and
 ``late`` letters are Flink SQL. The aggregates' JSON is laid out and the letters' SQL
 generated from the domain's dataclasses (:mod:`flink.transforms`). The Python runs in
 the JVM's threads (``flink.execution_mode`` "thread", PyFlink's embedded interpreter).
-History, measured by ``make bench-flink`` against an identity PyFlink job: a separate Python dedupe and PyFlink's Python window
-operator, 1/15; one Python function keyed by sensor with its own state and timers
-(every state access and timer a call from Python into the JVM), 0.15; this, 0.65-0.70
-(three runs, each the best of three rounds; the local JVM with the parallel collector).
+History, measured by ``make bench-flink`` against an identity PyFlink job: a separate
+Python dedupe and PyFlink's Python window operator, 1/15; one Python function keyed by
+sensor with its own state and timers (every state access and timer a call from Python
+into the JVM), 0.15; this, 0.65-0.70 (three runs, each the best of three rounds; the
+local JVM with the parallel collector).
 
 **One keyed readings topic**, not one topic per measure as in the original: the key
 ``<sensor_id>:<measure>`` keeps each sensor's measure in order on one partition, a new
