@@ -186,9 +186,9 @@ AGGREGATES = "INSERT INTO aggregates_sink SELECT k, v FROM aggregates"
 
 
 # A window fires when the watermark reaches its last millisecond; a reading for it
-# seen after that is left out by Windows (the same rule): ``late``. (At parallelism above 1 the
-# window's watermark is the least of its inputs', so a reading may be both counted and
-# lettered late at the edge; at 1 the two agree.)
+# seen after that is left out by Windows: ``late``. Windows applies the same rule to
+# the same stream (FirstSeen's output and its watermark); at parallelism 1 the two
+# agree exactly (tests/test_flink_job.py), above it they were not compared.
 def _letters(settings: Settings) -> str:
     lateness_s = settings.flink.allowed_lateness_s
     dup = letter_json_sql(DUPLICATE, "k", "v", "ts", lateness_s)
