@@ -22,8 +22,8 @@ Why the JVM: a Python keyed function with state and timers cost ~790 µs a recor
 state access and timer a call from Python into the JVM); the same work in Flink's own
 operators costs a fraction of that, and the Python left is one pass per record for the
 messages the fast lane leaves. The dedupe and the windows were Flink SQL until
-2026-12-05: a count over (key, time) with a state TTL and a window aggregate were each
-over a third of the job's CPU (the README has the figures).
+2026-12-05: a count over (key, time) with a state TTL was about a quarter of the job's
+time, the window aggregate over a third of what was left (the README has the figures).
 
 Allowed lateness: a window fires once, when the watermark passes its end.
 The watermark is held back by the out-of-orderness *and* the allowed lateness, so a
@@ -133,7 +133,7 @@ def _first_seen(readings: DataStream, settings: Settings) -> tuple[DataStream, D
     """The dedupe (``aircast.flink.FirstSeen``, flink/java): the readings seen for the
     first time, and those seen again within ``flink.dedupe_ttl_s``. It was a Flink SQL
     count over (reading key, event time) with a state TTL: a state entry per reading and
-    its TTL bookkeeping cost a third of the job's CPU (bench-flink: 28-29k readings/s
+    its TTL bookkeeping cost about a quarter of the job's time (bench-flink: 28-29k/s
     with it, 36-42k without); the JVM function keeps one entry per series."""
     jvm = get_gateway().jvm
     row_type = F.READING_TYPE.get_java_type_info()

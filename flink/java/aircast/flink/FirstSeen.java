@@ -19,8 +19,8 @@ import org.apache.flink.util.OutputTag;
  * <p>Keyed by the reading key ("sensor:measure", field 1 of the split's rows), one state
  * entry per series: the event times seen and when each was last seen, in that order. It
  * replaced a Flink SQL count over (key, event time) with a state TTL: one state entry and
- * TTL bookkeeping per reading made that operator a third of the job's CPU
- * (bench-flink). Expired times are dropped when the series is next read, and a
+ * TTL bookkeeping per reading made that operator about a quarter of the job's time
+ * (bench-flink: 28-29k readings/s with it, 36-42k without). Expired times are dropped when the series is next read, and a
  * processing-time timer per series (one pending at a time, at the oldest entry's expiry)
  * drops them from a series that went quiet, so the state of a sensor that stopped is
  * freed too.
