@@ -117,8 +117,13 @@ def _read_once(
             elif quiet >= STALL_S and time.monotonic() + STALL_S < deadline:
                 stalled = True
                 break
+        # Bounded: this runs when a read already came up short, maybe on a broker away.
         where = {
-            tp.partition: (read[tp.partition], consumer.position(tp), consumer.highwater(tp))
+            tp.partition: (
+                read[tp.partition],
+                consumer.position(tp, timeout_ms=2_000),
+                consumer.highwater(tp),
+            )
             for tp in tps
         }
         return out, stalled, where
