@@ -32,8 +32,10 @@ the JVM's threads (``flink.execution_mode`` "thread", PyFlink's embedded interpr
 History, measured by ``make bench-flink`` against an identity PyFlink job: a separate
 Python dedupe and PyFlink's Python window operator, 1/15; one Python function keyed by
 sensor with its own state and timers (every state access and timer a call from Python
-into the JVM), 0.15; this, 0.65-0.70 (three runs, each the best of three rounds; the
-local JVM with the parallel collector).
+into the JVM), 0.15; the dedupe and windows in Flink SQL, 0.65-0.70 on 2026-11-29 (three
+runs, each the best of three rounds; the local JVM with the parallel collector); this,
+0.42 on 2026-12-05, when the job ran 1.7x as fast as on 2026-11-29 and the identity job
+3.8-4.8x (the README has the runs).
 
 **One keyed readings topic**, not one topic per measure as in the original: the key
 ``<sensor_id>:<measure>`` keeps each sensor's measure in order on one partition, a new
