@@ -269,13 +269,16 @@ def test_persistence_forecast_is_stored_and_then_a_lookup(app: App, client: http
     }
     with InfluxV1(s.influx) as influx:
         rows = influx.rows(
-            'SELECT "value", "issued_at" FROM "P1" WHERE "sensor_id" = \'101\' GROUP BY "horizon"',
+            'SELECT "value" FROM "P1" WHERE "sensor_id" = \'101\' GROUP BY "horizon"',
             s.influx.predictions_database,
             epoch="s",
         )
     assert {(r["time"], r["horizon"], r["value"]) for r in rows} >= {
         (last + h * 600, str(h), 30.0) for h in s.train.horizons
     }
+    # When a stored forecast was issued follows from its time and horizon (queries.py).
+    mine = [r for r in rows if r["time"] - (int(r["horizon"]) - 1) * 600 == first["issued_at"]]
+    assert sorted(int(r["horizon"]) for r in mine) == sorted(s.train.horizons)
 
 
 def test_registry_entries_drive_the_forecast(client: httpx.Client) -> None:
