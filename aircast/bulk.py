@@ -10,7 +10,10 @@ object store 0.08 s vs up to 0.39 s; a scraper's quarter of it 0.25 s vs 0.33-0.
 
 The pause is the process's (``gc`` has no other kind): a second thread's work in the
 meantime is not collected either, and whatever cycles anything made meanwhile are
-collected after it.
+collected after it. But a process that does its allocating inside the pause starts few
+collections outside it, and the full ones come seldom: large data must not wait in a
+reference cycle (an ``httpx.Response`` is one; see ``HttpSource._get``), or it is held
+for many minutes.
 """
 
 from __future__ import annotations
