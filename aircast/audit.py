@@ -42,7 +42,7 @@ import orjson
 from aircast.errors import InvalidRecord
 from aircast.influx import InfluxV1, quote_ident
 from aircast.kafka import scan
-from aircast.queries import page_clause, page_digits, series_count
+from aircast.queries import page_clause, page_digits, sensor_count
 from aircast.records import (
     BEYOND_RETENTION,
     DUPLICATE,
@@ -330,7 +330,7 @@ def _series_counts(
     """(sensor id, the series' tags, its points, their sum) per series, hour slice and
     page of sensors."""
     database = settings.influx.raw_database
-    digits = page_digits(series_count(influx, database, measure), SERIES_PER_QUERY)
+    digits = page_digits(sensor_count(influx, database, measure), SERIES_PER_QUERY)
     pages = [page_clause(page, digits) for page in range(10**digits)]
     for hour, page in ((h, p) for h in _hours(first, last) for p in pages):
         where = hour if page is None else f"{hour} AND {page}"

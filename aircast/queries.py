@@ -226,10 +226,15 @@ def _history_query(measure: str, lookback_s: int, clause: str | None) -> str:
     return f'SELECT "mean" FROM {quote_ident(measure)} WHERE {where} GROUP BY "sensor_id"'
 
 
-def series_count(influx: InfluxV1, database: str, measure: str) -> int:
-    """InfluxDB's estimate of ``measure``'s series (a sketch: cheap, not exact)."""
-    rows = influx.rows(f"SHOW SERIES CARDINALITY FROM {quote_ident(measure)}", database)
-    return sum(int(r.get("count") or 0) for r in rows)
+def sensor_count(influx: InfluxV1, database: str, measure: str) -> int:
+    """How many sensors (distinct ``sensor_id`` values) ``measure`` holds, over every
+    shard: what the pages below divide.
+
+    Not ``SHOW SERIES CARDINALITY FROM``: influxd 1.x counts a series once per shard
+    it has points in (a shard is a day at 7 days' retention), so it read twice the
+    sensors for data either side of midnight, and up to seven times over a week."""
+    q = f'SHOW TAG VALUES CARDINALITY FROM {quote_ident(measure)} WITH KEY = "sensor_id"'
+    return sum(int(r.get("count") or 0) for r in influx.rows(q, database))
 
 
 def page_digits(series: int, per_page: int = _SERIES_PER_PAGE) -> int:
@@ -264,7 +269,7 @@ def history_pages(
     """Histories of every sensor with an aggregate of ``measure`` in the last
     ``lookback_s`` seconds, one page of sensors at a time (each sensor whole in one
     page), so neither influxd nor the caller holds every series at once."""
-    digits = page_digits(series_count(influx, database, measure), per_page)
+    digits = page_digits(sensor_count(influx, database, measure), per_page)
     for page in range(10**digits):
         q = _history_query(measure, lookback_s, page_clause(page, digits))
         yield _points_to_histories(

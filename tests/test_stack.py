@@ -24,7 +24,7 @@ from aircast.cache import key, redis_client
 from aircast.errors import StackError, StorageError
 from aircast.influx import InfluxV1
 from aircast.kafka import consumer, ensure_topics, producer
-from aircast.queries import histories, history_pages, page_clause, page_digits, series_count
+from aircast.queries import histories, history_pages, page_clause, page_digits, sensor_count
 from aircast.records import AGGREGATE_WINDOW_S
 from aircast.settings import InfluxSettings, Settings, StackSettings
 from aircast.stack import control
@@ -146,8 +146,14 @@ def test_history_pages_hold_every_sensor_once(stack_settings: Settings, database
             for sid in sensors
             for i in range(3)
         ]
+        # And either side of a midnight two days back (outside the lookback): each
+        # sensor is then in three or four day-long shards and still counts once.
+        midnight = last // 86_400 * 86_400 - 86_400
+        lines += [f"P1,sensor_id={sid} mean=0 {midnight + d}" for sid in sensors for d in (-1, 1)]
         influx.write(lines, database, precision="s")
-        assert series_count(influx, database, "P1") == len(sensors)
+        shards = influx.rows('SHOW SERIES EXACT CARDINALITY FROM "P1"', database)
+        assert sum(r["count"] for r in shards) >= 3 * len(sensors)  # a series per shard
+        assert sensor_count(influx, database, "P1") == len(sensors)
         by_id = histories(influx, database, "P1", 4, 3600, sensors)
         assert sorted(by_id) == sensors
         assert by_id[42].means[-1] == 42.0 and math.isnan(by_id[42].means[0])
