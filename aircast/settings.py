@@ -129,8 +129,10 @@ class StackSettings(BaseModel):
     # influxd's Go heap target (GOMEMLIMIT, MiB; 0 leaves Go's default). Without one its
     # heap followed each heavy query at 10x the network (1.9 -> 7.6 GB in 40 minutes),
     # and on one machine its growth is paid for by Ray's memory monitor killing Ray
-    # workers; 2 GiB made it collect without end (thrashed), 4 GiB leaves it room.
-    influx_memory_limit_mb: int = Field(default=4096, ge=0)
+    # workers; 2 GiB made it collect without end (thrashed). At 4 GiB it sat at the
+    # target through every 10x hour (medians 4,039-4,117 MiB), so near the target the
+    # collector ran often, on the cores its writes and cache snapshots needed; 6 GiB.
+    influx_memory_limit_mb: int = Field(default=6144, ge=0)
 
     @field_validator("services", mode="before")
     @classmethod

@@ -56,7 +56,7 @@ class Plan:
     # Topics the Flink job reads and writes: created before it starts.
     topics: tuple[str, ...] = ()
     flink_python: str = ".venv-flink/bin/python"
-    influx_memory_limit_mb: int = 4096
+    influx_memory_limit_mb: int = 6144
 
     @property
     def logs(self) -> Path:
@@ -98,7 +98,7 @@ class Plan:
             ray_object_store_bytes=int(str(data.get("ray_object_store_bytes", 1_000_000_000))),
             topics=tuple(str(t) for t in _list(data.get("topics"))),
             flink_python=str(data.get("flink_python", ".venv-flink/bin/python")),
-            influx_memory_limit_mb=int(str(data.get("influx_memory_limit_mb", 4096))),
+            influx_memory_limit_mb=int(str(data.get("influx_memory_limit_mb", 6144))),
         )
 
 
