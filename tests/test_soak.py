@@ -27,6 +27,9 @@ Checked, and written to ``<state>/soak.json`` (and printed) for the README:
 * conservation: ``aircast audit`` over the whole run shows nothing lost or doubled
   (after the hour the ingest job and the network stop, the rest drains, then the audit).
 
+Reported, not checked: each process's CPU after warm-up (in cores: its CPU seconds over
+the wall seconds) and the machine's load, to tell where a lag's cores went.
+
 The network is a process of its own (``aircast simulate``), read by the ingest as the
 live API is, over HTTP: its memory (the network's 200,000 sensors and their current
 file) is the world's, not aircast's, and is reported beside the rest.
@@ -126,6 +129,23 @@ def _anon_rss(pid: int) -> int | None:
     return None
 
 
+def _cpu_s(pid: int) -> float | None:
+    """The process's own CPU seconds, user and system (None if it is gone)."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(times.user + times.system)
+
+
+def _cores(series: list[tuple[float, float]], after: float) -> float:
+    """Cores used from ``after`` to the last sample (CPU seconds over wall seconds)."""
+    tail = [(t, cpu) for t, cpu in series if t >= after]
+    if len(tail) < 2 or tail[-1][0] <= tail[0][0]:
+        return 0.0
+    return (tail[-1][1] - tail[0][1]) / (tail[-1][0] - tail[0][0])
+
+
 def _ray_job_logs(settings: Settings) -> str:
     from ray.job_submission import JobSubmissionClient
 
@@ -192,6 +212,8 @@ def test_soak(tmp_path: Path) -> None:
         "0",
     )
     samples: dict[str, list[tuple[float, int]]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {}
+    load: list[tuple[float, float]] = []
     network_rss: list[int] = []
     lags: list[tuple[float, int | None]] = []
     flink_lags: list[tuple[float, int | None]] = []
@@ -224,7 +246,14 @@ def test_soak(tmp_path: Path) -> None:
                 anon = _anon_rss(pid)
                 if anon is not None:
                     samples.setdefault(name, []).append((t, anon))
+                cpu_s = _cpu_s(pid)
+                if cpu_s is not None:
+                    cpu.setdefault(name, []).append((t, cpu_s))
             network_rss.append(_anon_rss(network.pid) or 0)
+            cpu_s = _cpu_s(network.pid)
+            if cpu_s is not None:
+                cpu.setdefault("network simulator", []).append((t, cpu_s))
+            load.append((t, os.getloadavg()[0]))
             time.sleep(SAMPLE_S)
         until = time.time()
         redis_keys = _redis_keys(settings)
@@ -327,6 +356,21 @@ def test_soak(tmp_path: Path) -> None:
         # Ray jobs that FAILED and `aircast run` resubmitted (e.g. killed by Ray's
         # memory monitor): the audit says whether anything was lost by it.
         "job_resubmissions": log.count(": resubmitted"),  # failed, or lost with its head
+        # Where the cores went after warm-up (processes using a twentieth of one or more).
+        "cpu_cores_after_warm_up": dict(
+            sorted(
+                (
+                    (n, round(c, 2))
+                    for n, series in cpu.items()
+                    if (c := _cores(series, warm)) >= 0.05
+                ),
+                key=lambda item: -item[1],
+            )
+        ),
+        "load_1_min_after_warm_up": [
+            round(f(v for t, v in load if t > warm), 1) if any(t > warm for t, _ in load) else None
+            for f in (min, statistics.median, max)
+        ],
         "network_simulator_mib": [
             round(network_rss[0] / 2**20) if network_rss else None,
             round(max(network_rss, default=0) / 2**20),
