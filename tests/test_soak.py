@@ -212,7 +212,10 @@ def test_soak(tmp_path: Path) -> None:
         "0",
     )
     samples: dict[str, list[tuple[float, int]]] = {}
-    cpu: dict[str, list[tuple[float, float]]] = {}
+    # By PID: a Ray worker's title changes while it runs a method (its memory is
+    # reported under both titles, "between files" and "while processing"; its CPU once).
+    cpu: dict[int, list[tuple[float, float]]] = {}
+    cpu_names: dict[int, str] = {network.pid: "network simulator"}
     load: list[tuple[float, float]] = []
     network_rss: list[int] = []
     lags: list[tuple[float, int | None]] = []
@@ -246,13 +249,12 @@ def test_soak(tmp_path: Path) -> None:
                 anon = _anon_rss(pid)
                 if anon is not None:
                     samples.setdefault(name, []).append((t, anon))
+                cpu_names.setdefault(pid, name)
+            network_rss.append(_anon_rss(network.pid) or 0)
+            for pid in cpu_names:
                 cpu_s = _cpu_s(pid)
                 if cpu_s is not None:
-                    cpu.setdefault(name, []).append((t, cpu_s))
-            network_rss.append(_anon_rss(network.pid) or 0)
-            cpu_s = _cpu_s(network.pid)
-            if cpu_s is not None:
-                cpu.setdefault("network simulator", []).append((t, cpu_s))
+                    cpu.setdefault(pid, []).append((t, cpu_s))
             load.append((t, os.getloadavg()[0]))
             time.sleep(SAMPLE_S)
         until = time.time()
@@ -360,8 +362,8 @@ def test_soak(tmp_path: Path) -> None:
         "cpu_cores_after_warm_up": dict(
             sorted(
                 (
-                    (n, round(c, 2))
-                    for n, series in cpu.items()
+                    (cpu_names[pid], round(c, 2))
+                    for pid, series in cpu.items()
                     if (c := _cores(series, warm)) >= 0.05
                 ),
                 key=lambda item: -item[1],
