@@ -130,8 +130,9 @@ class StackSettings(BaseModel):
     # heap followed each heavy query at 10x the network (1.9 -> 7.6 GB in 40 minutes),
     # and on one machine its growth is paid for by Ray's memory monitor killing Ray
     # workers; 2 GiB made it collect without end (thrashed). At 4 GiB it sat at the
-    # target through every 10x hour (medians 4,039-4,117 MiB), so near the target the
-    # collector ran often, on the cores its writes and cache snapshots needed; 6 GiB.
+    # target through every 10x hour (medians 4,039-4,117 MiB), where Go collects often,
+    # and its cache snapshots took 135-190 s; at 6 GiB they took 52-106 s and the 10x
+    # hour kept up (README, soak of 2026-12-06: heap peak 5.7 GiB, GC 8 % of its CPU).
     influx_memory_limit_mb: int = Field(default=6144, ge=0)
 
     @field_validator("services", mode="before")
