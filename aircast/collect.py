@@ -43,7 +43,7 @@ from kafka import KafkaProducer
 from aircast.deadletters import DeadLetters
 from aircast.errors import BackpressureError, InvalidRecord, StorageError
 from aircast.influx import InfluxV1, duration_seconds
-from aircast.kafka import STALL_S, fast_consumer
+from aircast.kafka import STALL_S, end_offsets, fast_consumer
 from aircast.kafka import producer as make_producer
 from aircast.records import (
     BEYOND_RETENTION,
@@ -409,12 +409,8 @@ class Collector:
         committed = {
             (c.topic, c.partition): c.offset for c in self.offsets.committed(self.tps, timeout=10)
         }
-        floors: dict[tuple[str, int], int] = {}
-        for tp in self.tps:
-            low, end = self.offsets.get_watermark_offsets(tp, timeout=10, cached=False)
-            if end > max(committed.get((tp.topic, tp.partition), -1), low):
-                floors[(tp.topic, tp.partition)] = end
-        return floors
+        ends = end_offsets(self.settings.kafka, [(tp.topic, tp.partition) for tp in self.tps])
+        return {key: end for key, end in ends.items() if end > max(committed.get(key, -1), 0)}
 
     def _still_below(self, floors: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         if not floors:
@@ -451,10 +447,11 @@ class Collector:
         for that long and everything is flushed: used by tests and one-shot runs).
         ``report`` is called every ``report_every_s`` and at the end (metrics).
 
-        A one-shot run first reads every partition up to its end offset at the start:
-        a first fetch slower than ``until_idle_s`` (a busy or fresh broker) must not end
-        it before anything was read. It stops waiting for those ends after
-        ``STALL_S`` without a message (tansu's ends can trail, never lead)."""
+        A one-shot run first reads every partition up to its end offset at the start
+        (:func:`aircast.kafka.end_offsets`), whatever ``until_idle_s``: a first fetch
+        slower than that (a busy or fresh broker) must not end it before everything
+        there was read. It stops waiting for those ends after ``STALL_S`` without a
+        message, with a warning."""
         floors = self._floors() if until_idle_s is not None else {}
         idle_since = time.monotonic()
         last_report = time.monotonic()

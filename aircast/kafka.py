@@ -212,6 +212,60 @@ def fast_consumer(
 STALL_S = 30.0
 
 
+def end_offsets(
+    settings: KafkaSettings,
+    partitions: Iterable[tuple[str, int]],
+    *,
+    timeout_s: float = 10.0,
+) -> dict[tuple[str, int], int]:
+    """Each partition's end offset now: the offset the next message will take.
+
+    Read from a fetch, not from ListOffsets alone: a broker may answer ListOffsets
+    "latest" with its last batch's base offset + 1 (tansu does), short of the records
+    after the first in that batch, while a fetch's high watermark is exact. So each
+    partition with anything in it is fetched from that answer - 1 (one batch) until
+    its end-of-partition event, whose high watermark is the end. A partition that gives
+    none within ``timeout_s`` keeps the ListOffsets answer, with a warning."""
+    probe = fast_consumer(
+        settings,
+        f"{settings.client_id}-ends-{uuid.uuid4().hex[:8]}",
+        **{"enable.partition.eof": True},
+    )
+    try:
+        ends: dict[tuple[str, int], int] = {}
+        starts: list[confluent_kafka.TopicPartition] = []
+        for topic, partition in partitions:
+            tp = confluent_kafka.TopicPartition(topic, partition)
+            low, end = probe.get_watermark_offsets(tp, timeout=10, cached=False)
+            ends[(topic, partition)] = end
+            if end > low:
+                starts.append(confluent_kafka.TopicPartition(topic, partition, end - 1))
+        pending = {(tp.topic, tp.partition) for tp in starts}
+        if not pending:
+            return ends
+        probe.assign(starts)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for m in probe.consume(num_messages=1000, timeout=0.2):
+                at_topic, at_partition, offset = m.topic(), m.partition(), m.offset()
+                if at_topic is None or at_partition is None or offset is None:
+                    continue
+                key = (at_topic, at_partition)
+                error = m.error()
+                if error is None:
+                    ends[key] = max(ends[key], offset + 1)
+                elif error.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                    tp = confluent_kafka.TopicPartition(at_topic, at_partition)
+                    _, high = probe.get_watermark_offsets(tp, cached=True)
+                    ends[key] = max(ends[key], high, offset)
+                    pending.discard(key)
+        if pending:
+            log.warning("end offsets not confirmed by a fetch: %s", sorted(pending))
+        return ends
+    finally:
+        probe.close()
+
+
 def scan(
     settings: KafkaSettings,
     topic: str,
@@ -222,10 +276,9 @@ def scan(
 ) -> Iterator[confluent_kafka.Message]:
     """Every message of ``topic`` stamped in [since_ms, until_ms], read without a group
     commit (audits and tools). Ends when nothing new came for ``quiet_s`` once every
-    partition was read up to its end offset at the start: that end is a floor, not the
-    end (tansu's can trail the last batch), and a first fetch slower than ``quiet_s`` (a
-    busy or fresh broker) must not end the scan early. Gives up waiting for a floor
-    after ``STALL_S`` without a message."""
+    partition was read up to its end offset at the start (:func:`end_offsets`): a first
+    fetch slower than ``quiet_s`` (a busy or fresh broker) must not end the scan early.
+    Gives up waiting for an end after ``STALL_S`` without a message."""
     consumer = fast_consumer(settings, f"{settings.client_id}-scan-{uuid.uuid4().hex[:8]}")
     try:
         try:
@@ -246,9 +299,8 @@ def scan(
         starts = [tp for tp in starts if tp.offset >= 0]
         if not starts:
             return
-        floors: dict[int, int] = {
-            tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in starts
-        }
+        ends = end_offsets(settings, [(topic, tp.partition) for tp in starts])
+        floors: dict[int, int] = {tp.partition: ends[(topic, tp.partition)] for tp in starts}
         behind = {tp.partition for tp in starts if floors[tp.partition] > tp.offset}
         consumer.assign(starts)
         last_new = time.monotonic()

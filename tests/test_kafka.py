@@ -70,3 +70,37 @@ def test_every_codec_is_written_and_read_by_every_client(
     scanned = sorted(m.value() for m in kafka.scan(settings, topic, start_ms))
     assert scanned == expected
     assert sorted(_kafka_python_read(settings, topic, len(expected))) == expected
+
+
+def test_end_offsets_count_every_record_of_the_last_batch(
+    stack_settings: Settings, topic: str
+) -> None:
+    """A one-shot read stops at the end offsets at its start, so they must be exact:
+    with the last batch holding several records, the broker's ListOffsets answer falls
+    short of the end (tansu answers that batch's base offset + 1), and
+    :func:`kafka.end_offsets` still gives the offset after its last record; an empty
+    partition ends at 0."""
+    import confluent_kafka
+
+    settings = stack_settings.kafka
+    kafka.ensure_topics(settings, [topic])
+    producer = kafka.producer(settings, linger_ms=200)
+    for i in range(4):  # one batch of four records...
+        producer.send(topic, key=b"k", value=b"first %d" % i, partition=0)
+    producer.flush()
+    for i in range(6):  # ...then one of six
+        producer.send(topic, key=b"k", value=b"second %d" % i, partition=0)
+    producer.flush()
+    producer.close()
+
+    probe = kafka.fast_consumer(settings, "probe")
+    try:
+        listed = probe.get_watermark_offsets(
+            confluent_kafka.TopicPartition(topic, 0), timeout=10, cached=False
+        )[1]
+    finally:
+        probe.close()
+    ends = kafka.end_offsets(settings, [(topic, 0), (topic, 1)])
+    assert ends == {(topic, 0): 10, (topic, 1): 0}
+    # What made a one-shot collector stop short: the broker's own answer is less.
+    assert listed < 10, listed
