@@ -21,18 +21,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util import metrics
 
-from aircast import telemetry
+from aircast import options, telemetry
+from aircast.backfill import Backfill, seed_simulator_history
 from aircast.bulk import collector_paused
+from aircast.geocode import make_geocoder
+from aircast.influx import InfluxV1
 from aircast.ingest import IngestCounts, Ingestor, shard_of
 from aircast.kafka import ensure_topics
+from aircast.records import window_start
 from aircast.settings import Settings, load_settings
-from aircast.simulator import Network, SimulatorServer, current_window_end
+from aircast.simulator import SNAPSHOT_WINDOW_S, Network, SimulatorServer, current_window_end
 from aircast.sources import ArchiveSource, HttpSource, Snapshot, SourceError, probe
 
 log = logging.getLogger(__name__)
@@ -98,12 +101,13 @@ def _sources(settings: Settings, source: str, *, once: bool) -> Iterator[Snapsho
     server: SimulatorServer | None = None
     if source == "simulator":
         refresh = cfg.simulator_refresh_s
+        network = Network(cfg.simulator_sensors, cfg.simulator_seed)
         server = SimulatorServer(
-            Network(cfg.simulator_sensors, cfg.simulator_seed),
-            port=0,
-            clock=lambda: current_window_end(refresh_s=refresh),
+            network, port=0, clock=lambda: current_window_end(refresh_s=refresh)
         ).start()
         url = server.url
+        if cfg.simulator_history_h > 0:
+            yield _simulator_history(settings, network, url)
     http = HttpSource(url, name=source, timeout_s=cfg.timeout_s, retries=cfg.retries)
     try:
         while True:
@@ -127,6 +131,45 @@ def _sources(settings: Settings, source: str, *, once: bool) -> Iterator[Snapsho
         http.close()
         if server is not None:
             server.stop()
+
+
+def _simulator_history(settings: Settings, network: Network, url: str) -> Snapshot:
+    """Seed the simulated network's last ``ingest.simulator_history_h`` hours; the
+    snapshot that carries on from there to now.
+
+    Complete 10-minute windows go straight to InfluxDB through the backfill's path
+    (:func:`aircast.backfill.seed_simulator_history`): a day of a few hundred sensors in
+    seconds, where the pipeline would take minutes. The window the feed's first file
+    falls in, and everything after it, comes as this one snapshot through the scrapers,
+    Kafka and the Flink job, so that window is aggregated whole by the pipeline, and the
+    feed's next file overlaps it (the scrapers drop what they already produced)."""
+    cfg = settings.ingest
+    refresh = cfg.simulator_refresh_s
+    boundary = window_start(current_window_end(refresh_s=refresh) - SNAPSHOT_WINDOW_S)
+    started = time.monotonic()
+    with InfluxV1(settings.influx) as influx:
+        influx.ensure_databases()
+        backfill = Backfill(influx, settings.influx, geocoder=make_geocoder(cfg))
+        report = seed_simulator_history(
+            backfill, network, boundary - cfg.simulator_history_h * 3600, boundary
+        )
+    log.info(
+        "simulator history seeded hours=%d sensors=%d readings=%d aggregates=%d "
+        "rejected=%s seconds=%.1f",
+        cfg.simulator_history_h,
+        len(network.sensors),
+        report.readings_written,
+        report.aggregates_written,
+        dict(report.rejected),
+        time.monotonic() - started,
+    )
+    now = current_window_end(refresh_s=refresh)
+    return Snapshot(
+        source="simulator",
+        origin=url,
+        fetched_at=time.time(),
+        records=network.snapshot(now, now - boundary),
+    )
 
 
 def choose_source(settings: Settings) -> str:
@@ -284,15 +327,10 @@ class Coordinator:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.ingest")
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--source", choices=["auto", "live", "simulator", "archive"])
-    parser.add_argument("--once", action="store_true", help="one snapshot, then exit")
+    options.add_config(parser)
+    options.add_ingest(parser)
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    settings = load_settings(args.config)
-    if args.source:
-        overrides["ingest"] = settings.ingest.model_copy(update={"source": args.source})
-        settings = settings.model_copy(update=overrides)
+    settings = options.ingest_settings(load_settings(args.config), args)
     return run(settings, once=args.once)
 
 

@@ -41,6 +41,10 @@ RESUBMIT_BACKOFF_S = 5.0
 RESUBMIT_BACKOFF_MAX_S = 300.0
 # A job that ran this long before it failed starts its backoff again from the first step.
 HEALTHY_RUN_S = 600.0
+# A failed Serve deploy is tried again after this long, doubling while it keeps failing:
+# the stack and the jobs keep running meanwhile, and the status line says when.
+REDEPLOY_BACKOFF_S = 10.0
+REDEPLOY_BACKOFF_MAX_S = 300.0
 
 
 @dataclass
@@ -63,6 +67,9 @@ class Running:
     serve: ServeSubmissionClient | None = None
     serve_config: dict[str, object] | None = None  # a Serve deploy config (serve deploy)
     serve_url: str | None = None
+    serve_failures: int = 0  # failed deploys in a row
+    serve_retry_at: float | None = None  # monotonic; set while a failed deploy waits
+    serve_deploys: int = 0  # deploys after the first (failed ones retried, or app lost)
 
     @property
     def jobs(self) -> dict[str, str]:
@@ -94,9 +101,13 @@ class Running:
         return str(app["status"]) if app else None
 
     def deploy_serve(self, timeout_s: float = SERVE_DEPLOY_TIMEOUT_S) -> None:
-        """Deploy the Serve config and wait until the app is RUNNING."""
+        """Deploy the Serve config and wait until the app is RUNNING; raises
+        :class:`AircastError` if the deploy is refused, fails or times out."""
         assert self.serve is not None and self.serve_config is not None
-        self.serve.deploy_applications(self.serve_config)
+        try:
+            self.serve.deploy_applications(self.serve_config)
+        except RuntimeError as exc:  # the dashboard's HTTP 500: Serve could not start
+            raise AircastError(f"Serve deploy refused: {_first_line(exc)}") from exc
         deadline = time.monotonic() + timeout_s
         while (status := self.app_status()) != "RUNNING":
             if status == "DEPLOY_FAILED" or time.monotonic() > deadline:
@@ -105,6 +116,41 @@ class Running:
                 raise AircastError(f"Serve app {APP_NAME} not running ({status}): {message}")
             time.sleep(1)
         log.info("serve app deployed app=%s url=%s", APP_NAME, self.serve_url)
+
+    def try_deploy_serve(self, timeout_s: float = SERVE_DEPLOY_TIMEOUT_S) -> bool:
+        """:meth:`deploy_serve`; on failure one log line and a retry scheduled with
+        backoff (:meth:`revive` makes it), never an exception: one failed deploy must not
+        stop the stack and the jobs."""
+        try:
+            self.deploy_serve(timeout_s)
+        except Exception as exc:
+            self._serve_failed(exc)
+            return False
+        self.serve_failures = 0
+        self.serve_retry_at = None
+        return True
+
+    def _serve_failed(self, exc: BaseException) -> None:
+        wait = min(REDEPLOY_BACKOFF_MAX_S, REDEPLOY_BACKOFF_S * 2**self.serve_failures)
+        self.serve_failures += 1
+        self.serve_retry_at = time.monotonic() + wait
+        log.warning(
+            "serve deploy failed app=%s attempt=%d error=%s; retrying in %.0f s",
+            APP_NAME,
+            self.serve_failures,
+            _first_line(exc),
+            wait,
+        )
+
+    def serve_state(self) -> str:
+        """The Serve app's status for the status line, with a pending retry's wait."""
+        status = self.app_status() or "NONE"
+        if self.serve_retry_at is not None:
+            left = max(0.0, self.serve_retry_at - time.monotonic())
+            status += f"(deploy_failures={self.serve_failures},retry_in={left:.0f}s)"
+        elif self.serve_deploys:
+            status += f"(redeploys={self.serve_deploys})"
+        return status
 
     def statuses(self) -> dict[str, str]:
         known = self._known()
@@ -117,7 +163,7 @@ class Running:
                 state = "STOPPED" if job.stopped else "LOST"
             out[name] = state + (f"(restarts={job.restarts})" if job.restarts else "")
         if self.serve_config is not None:
-            out["serve"] = self.app_status() or "NONE"
+            out["serve"] = self.serve_state()
         return out
 
     def revive(self) -> list[str]:
@@ -171,18 +217,41 @@ class Running:
                 job.retry_at = None
                 done.append(f"ray job {name} failed: resubmitted")
         if self.serve_config is not None:
-            try:
-                if self.app_status() is None:
-                    assert self.serve is not None
-                    log.warning(
-                        "serve app lost app=%s: the cluster has none; deploying it", APP_NAME
-                    )
-                    # Not waited for: the status line shows DEPLOYING, then RUNNING.
-                    self.serve.deploy_applications(self.serve_config)
-                    done.append(f"Serve app {APP_NAME} lost (Ray head restarted?): redeployed")
-            except Exception as exc:  # a head still starting: tried again next time
-                log.warning("serve app check failed app=%s error=%s", APP_NAME, exc)
+            what = self._revive_serve(now)
+            if what:
+                done.append(what)
         return done
+
+    def _revive_serve(self, now: float) -> str | None:
+        """Deploy the app again when a failed deploy's backoff is over, or when the
+        cluster has none (its head restarted) or reports DEPLOY_FAILED; not waited for:
+        the status line shows DEPLOYING, then RUNNING."""
+        assert self.serve is not None and self.serve_config is not None
+        if self.serve_retry_at is not None and now < self.serve_retry_at:
+            return None
+        try:
+            status = self.app_status()
+        except Exception as exc:  # a head still starting: tried again next time
+            log.warning("serve app check failed app=%s error=%s", APP_NAME, _first_line(exc))
+            return None
+        if self.serve_retry_at is None and status not in (None, "DEPLOY_FAILED"):
+            return None
+        why = (
+            "retrying a failed deploy"
+            if self.serve_retry_at is not None
+            else ("the cluster has none" if status is None else status)
+        )
+        log.warning("serve app deploying again app=%s why=%s", APP_NAME, why)
+        try:
+            self.serve.deploy_applications(self.serve_config)
+        except Exception as exc:
+            self._serve_failed(exc)
+            return f"Serve app {APP_NAME}: deploy failed again ({why}); retrying with backoff"
+        self.serve_retry_at = None
+        self.serve_failures = 0
+        self.serve_deploys += 1
+        lost = " lost (Ray head restarted?):" if status is None and "retry" not in why else ":"
+        return f"Serve app {APP_NAME}{lost} redeployed ({why})"
 
     def _resubmit(self, job: Job, name: str) -> bool:
         """Submit the job again; False (tried again next time) if the cluster refused."""
@@ -195,8 +264,16 @@ class Running:
         return True
 
 
-def submit_jobs(settings: Settings, source: str) -> Running:
-    """Submit ingestion and collection to the cluster's job API."""
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    # Ray's remote errors end with the useful line; a traceback starts with "Traceback".
+    useful = [line for line in lines if not line.startswith(("Traceback", "  "))]
+    return (useful[-1] if useful else type(exc).__name__)[:300]
+
+
+def prepare(settings: Settings, source: str) -> Running:
+    """The pipeline's client side: what to submit and in which environment (nothing is
+    submitted yet: :func:`deploy_serve`, then :func:`submit_jobs`)."""
     client = JobSubmissionClient(settings.ray.dashboard_url)
     config = stack_file(settings.stack.state_dir.resolve())
     env = {**ray_environment(), "AIRCAST_INGEST__SOURCE": source}
@@ -205,8 +282,13 @@ def submit_jobs(settings: Settings, source: str) -> Running:
     running = Running(client, runtime_env={"env_vars": env})
     for name, module in JOBS.items():
         running.entrypoints[name] = f"{shlex.quote(sys.executable)} -m {module}"
-        running.submitted[name] = Job(running.submit(name))
     return running
+
+
+def submit_jobs(running: Running) -> None:
+    """Submit ingestion and collection to the cluster's job API."""
+    for name in running.entrypoints:
+        running.submitted[name] = Job(running.submit(name))
 
 
 def serve_config(settings: Settings, env: dict[str, str]) -> dict[str, object]:
@@ -233,7 +315,14 @@ def serve_config(settings: Settings, env: dict[str, str]) -> dict[str, object]:
 
 def deploy_serve(settings: Settings, running: Running) -> Settings:
     """Deploy the Serve app on a free port (the configured one when free) and wait until
-    it runs; the settings with that port."""
+    it runs, or schedule its retry (:meth:`Running.try_deploy_serve`); the settings with
+    that port.
+
+    Called before the jobs are submitted: Serve's proxy must answer its readiness check
+    within ``RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S`` of its creation, and the raylet
+    starts at most as many worker processes at once as the node has cores, so a proxy
+    created while the jobs' actors start waits in that queue (see
+    :func:`aircast.stack.services.ray_head_environment`)."""
     port = settings.serve.port if port_is_free(settings.serve.port) else free_port()
     settings = settings.model_copy(
         update={"serve": settings.serve.model_copy(update={"port": port})}
@@ -246,7 +335,7 @@ def deploy_serve(settings: Settings, running: Running) -> Settings:
     host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
     prefix = s.route_prefix if s.route_prefix.startswith("/") else f"/{s.route_prefix}"
     running.serve_url = f"http://{host}:{port}{prefix.rstrip('/')}"
-    running.deploy_serve()
+    running.try_deploy_serve()
     return settings
 
 

@@ -33,6 +33,7 @@ from aircast.archive import days, iter_day_records
 from aircast.geocode import Geocoder
 from aircast.influx import InfluxV1, duration_seconds, line_batches
 from aircast.records import (
+    AGGREGATE_WINDOW_S,
     BEYOND_RETENTION,
     DUPLICATE,
     Aggregate,
@@ -42,6 +43,7 @@ from aircast.records import (
     window_start,
 )
 from aircast.settings import InfluxSettings
+from aircast.simulator import Network
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,19 @@ class Backfill:
 
     def day(self, source: str | Path, day: date) -> None:
         """Backfill one day (raw readings, then aggregates)."""
-        result = split_day(iter_day_records(source, day), self.geocoder)
+        self.records(iter_day_records(source, day), label=str(day))
+
+    def records(
+        self,
+        records: Iterable[dict[str, Any]],
+        *,
+        label: str,
+        windows_before: int | None = None,
+    ) -> None:
+        """Backfill a batch of feed records (raw readings, then aggregates). With
+        ``windows_before`` only the aggregates of windows that end by then are written:
+        a later window is the live pipeline's to aggregate, from all of its readings."""
+        result = split_day(records, self.geocoder)
         report = self.report
         report.days += 1
         report.records += result.records
@@ -191,12 +205,14 @@ class Backfill:
                 self.on_reject(rejection, record)
         self._write(self._raw_lines(result.readings), self.settings.raw_database)
         aggs = aggregates(result.readings)
+        if windows_before is not None:
+            aggs = [a for a in aggs if a.window_start + AGGREGATE_WINDOW_S <= windows_before]
         report.aggregates_written += self._write(
             (a.line() for a in aggs), self.settings.aggregates_database
         )
         log.info(
-            "backfill day=%s records=%d readings=%d aggregates=%d",
-            day,
+            "backfill batch=%s records=%d readings=%d aggregates=%d",
+            label,
             result.records,
             len(result.readings),
             len(aggs),
@@ -214,6 +230,32 @@ class Backfill:
             if progress is not None:
                 progress(day)
         return self.report
+
+
+def seed_simulator_history(
+    backfill: Backfill,
+    network: Network,
+    start: int,
+    end: int,
+    *,
+    chunk_s: int = 3_600,
+    progress: Callable[[int], None] | None = None,
+) -> BackfillReport:
+    """The simulator's readings of ``[start, end)`` (epoch seconds) into InfluxDB, an
+    hour at a time, through the backfill's validation and write path, so a fresh local
+    stack has history to chart and forecast from before the live feed adds to it.
+    ``end`` is where the live feed's first snapshot starts: the window it falls in is
+    left to the pipeline to aggregate. ``progress`` gets each chunk's end."""
+    at = start
+    while at < end:
+        upto = min(end, at + chunk_s)
+        backfill.records(
+            network.snapshot(upto, upto - at), label=f"simulator<{upto}", windows_before=end
+        )
+        if progress is not None:
+            progress(upto)
+        at = upto
+    return backfill.report
 
 
 def archive_aggregates(source: str | Path, start: date, end: date) -> Iterator[Aggregate]:

@@ -146,9 +146,17 @@ def _start_pipeline(settings: Settings) -> Any:
     source = choose_source(settings)  # probes the live API once; fails fast offline
     if source == "simulator":
         err.print("[yellow]live API unreachable: ingesting the built-in SIMULATOR[/yellow]")
-    running = pipeline.submit_jobs(settings, source)
+    running = pipeline.prepare(settings, source)
+    # Serve before the jobs: its proxy must be ready within seconds of its creation,
+    # and the jobs' actors would take the raylet's worker-start slots first.
     with console.status("deploying the HTTP API on Ray Serve..."):
         settings = pipeline.deploy_serve(settings, running)
+    if running.serve_retry_at is not None:
+        err.print(
+            "[yellow]the HTTP API did not deploy; retrying with backoff (see the status "
+            "line's serve=...) while the rest runs[/yellow]"
+        )
+    pipeline.submit_jobs(running)
     table = Table(title="aircast pipeline")
     table.add_column("what")
     table.add_column("where")

@@ -186,6 +186,9 @@ class IngestSettings(BaseModel):
     # How often the simulated feed publishes a new last-5-minutes file (windows overlap,
     # as the live API's do: the ingest dedupes across snapshots).
     simulator_refresh_s: int = Field(default=60, ge=1, le=300)
+    # Hours of the simulated network's past written to InfluxDB before its first file,
+    # so charts and forecasts have history at once (0: start empty).
+    simulator_history_h: int = Field(default=24, ge=0, le=24 * 30)
     # Geocoding: offline GeoNames by default; Nominatim (1 request/s) only when asked.
     geocoder: Literal["offline", "nominatim"] = "offline"
     nominatim_url: str = "https://nominatim.openstreetmap.org/reverse"

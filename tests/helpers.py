@@ -133,16 +133,19 @@ def _read_once(
 
 class AircastRun:
     """`aircast run` (what `make run` runs) as a child process, its output collected
-    by a reader thread; for the tests that drive the whole thing."""
+    by a reader thread; for the tests that drive the whole thing. ``argv`` replaces the
+    command (``make run``); it runs in a session of its own, and Ctrl-C goes to that
+    whole process group, as a terminal sends it."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, argv: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aircast.cli", "run", *args],
+            argv or [sys.executable, "-m", "aircast.cli", "run", *args],
             cwd=REPO,
             env={**os.environ, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,
         )
         assert self.proc.stdout is not None
         self.lines: list[str] = []
@@ -167,11 +170,11 @@ class AircastRun:
     def stop(self, timeout_s: float = 180) -> int:
         """Ctrl-C, as a user would; the exit code (killed if it does not stop)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            os.killpg(self.proc.pid, signal.SIGINT)
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._reader.join(timeout=10)
         if self.proc.stdout is not None:

@@ -63,6 +63,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             "AIRCAST_INGEST__SIMULATOR_REFRESH_S": str(INTERVAL_S),
             "AIRCAST_INGEST__INTERVAL_S": str(INTERVAL_S),
             "AIRCAST_INGEST__SCRAPERS": "2",
+            # The drills audit what streamed; test_newcomer covers the seeded history.
+            "AIRCAST_INGEST__SIMULATOR_HISTORY_H": "0",
         },
         "--status-every",
         "10",

@@ -163,9 +163,29 @@ def ray_environment() -> dict[str, str]:
     }
 
 
-def ray_head_environment() -> dict[str, str]:
-    # A single local node has no traffic to hand over: skip Ray's 30 s SIGTERM drain.
-    return {**ray_environment(), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1"}
+# Serve's proxy must answer its readiness check this long after the controller creates
+# it (Ray's default: 5 s). That time includes starting its worker process, and the
+# raylet starts at most one worker per core at once: on two cores a proxy created while
+# other actors start waits its turn, fails the check three times and is killed before
+# it ever ran. A proxy that is up answers at once; this only tolerates the queue.
+SERVE_PROXY_READY_TIMEOUT_S = 60
+
+
+def ray_head_environment(state_dir: Path) -> dict[str, str]:
+    """The Ray head's environment, which its job drivers and workers inherit: ``python``
+    is this virtualenv's, and the stack's settings are found from any working folder,
+    so ``ray job submit -- python -m actors.ingest`` runs as written."""
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    return {
+        **ray_environment(),
+        # A single local node has no traffic to hand over: skip Ray's 30 s SIGTERM drain.
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1",
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": str(SERVE_PROXY_READY_TIMEOUT_S),
+        "PATH": venv_bin + (os.pathsep + path if path else ""),
+        "VIRTUAL_ENV": str(Path(sys.executable).parent.parent),
+        "AIRCAST_STACK__STATE_DIR": str(state_dir.resolve()),
+    }
 
 
 def _which(binary: str, hint: str) -> str:
@@ -407,7 +427,7 @@ def _ray(plan: Plan) -> Service:
             str(plan.ray_temp_dir),
             "--disable-usage-stats",
         ],
-        env=ray_head_environment(),
+        env=ray_head_environment(plan.state_dir),
         health=healthy,
         ready_marker="Ray runtime started",
         urls={
