@@ -19,13 +19,12 @@ import argparse
 import logging
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util import metrics
 
-from aircast import telemetry
+from aircast import options, telemetry
 from aircast.collect import Collector
 from aircast.kafka import admin, ensure_topics
 from aircast.settings import Settings, load_settings
@@ -184,15 +183,11 @@ def run(settings: Settings, *, until_idle_s: float | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.collect")
-    parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument(
-        "--until-idle",
-        type=float,
-        default=None,
-        help="exit after this many seconds without messages",
-    )
+    options.add_config(parser)
+    options.add_collect(parser)
     args = parser.parse_args(argv)
-    return run(load_settings(args.config), until_idle_s=args.until_idle)
+    settings = options.collect_settings(load_settings(args.config), args)
+    return run(settings, until_idle_s=args.until_idle)
 
 
 if __name__ == "__main__":

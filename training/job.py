@@ -15,9 +15,9 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from aircast import options
 from aircast.cache import redis_client
 from aircast.errors import AircastError
 from aircast.forecasting import STEP_S
@@ -66,12 +66,8 @@ def run_once(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.job", description=__doc__)
-    parser.add_argument("--config", type=Path, default=None, help="YAML settings file")
-    parser.add_argument(
-        "--every", type=float, nargs="?", const=-1.0, default=None, help="repeat every SECONDS"
-    )
-    parser.add_argument("--workers", type=int, default=None, help="Ray Train workers")
-    parser.add_argument("--end", type=int, default=None, help="train up to this epoch (s)")
+    options.add_config(parser)
+    options.add_train(parser)
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     logging.basicConfig(

@@ -1,4 +1,5 @@
-"""`aircast ingest` and `aircast simulate`."""
+"""`aircast ingest` (the same as ``ray job submit -- python -m actors.ingest``, one set
+of options) and `aircast simulate`."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import logging
 from typing import Any
 
+from aircast import options
 from aircast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -14,16 +16,7 @@ log = logging.getLogger(__name__)
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     from actors import ingest  # Ray is imported here, not at CLI start
 
-    updates: dict[str, Any] = {}
-    if args.source:
-        updates["source"] = args.source
-    if args.scrapers:
-        updates["scrapers"] = args.scrapers
-    if updates:
-        settings = settings.model_copy(
-            update={"ingest": settings.ingest.model_copy(update=updates)}
-        )
-    return ingest.run(settings, once=args.once)
+    return ingest.run(options.ingest_settings(settings, args), once=args.once)
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
@@ -48,9 +41,7 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("ingest", help="scrape snapshots on Ray actors into the raw topic")
-    p.add_argument("--source", choices=["auto", "live", "simulator", "archive"])
-    p.add_argument("--scrapers", type=int, default=None, help="number of scraper actors")
-    p.add_argument("--once", action="store_true", help="one snapshot, then exit")
+    options.add_ingest(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("simulate", help="serve a synthetic network at the live API's path")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from aircast import options
+
 
 def cmd_train(settings: object, args: argparse.Namespace) -> int:
     from training.job import main
@@ -16,13 +18,12 @@ def cmd_train(settings: object, args: argparse.Namespace) -> int:
         argv += ["--every"] + ([] if args.every == -1.0 else [str(args.every)])
     if args.workers is not None:
         argv += ["--workers", str(args.workers)]
+    if args.end is not None:
+        argv += ["--end", str(args.end)]
     return main(argv)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("train", help="fit and register forecasting models on Ray Train")
-    p.add_argument(
-        "--every", type=float, nargs="?", const=-1.0, default=None, help="repeat every SECONDS"
-    )
-    p.add_argument("--workers", type=int, default=None, help="Ray Train workers")
+    options.add_train(p)
     p.set_defaults(func=cmd_train)
