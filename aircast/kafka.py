@@ -76,6 +76,8 @@ def connection_options(settings: KafkaSettings) -> dict[str, Any]:
         "security_protocol": settings.security_protocol,
         "client_id": settings.client_id,
     }
+    if settings.ssl_ca_file:
+        options["ssl_cafile"] = settings.ssl_ca_file
     if settings.sasl_mechanism:
         options["sasl_mechanism"] = settings.sasl_mechanism
         options["sasl_plain_username"] = settings.sasl_username
@@ -179,6 +181,8 @@ def librdkafka_options(settings: KafkaSettings) -> dict[str, Any]:
         "client.id": settings.client_id,
         "logger": LIBRDKAFKA_LOG,
     }
+    if settings.ssl_ca_file:
+        options["ssl.ca.location"] = settings.ssl_ca_file
     if settings.sasl_mechanism:
         options["sasl.mechanism"] = settings.sasl_mechanism
         options["sasl.username"] = settings.sasl_username or ""

@@ -50,6 +50,9 @@ class KafkaSettings(BaseModel):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # PEM file of the CA that signed the brokers' TLS certificates (SSL, SASL_SSL);
+    # None: the system's trust store.
+    ssl_ca_file: str | None = None
     client_id: str = "aircast"
     # Topics. One raw topic keyed by sensor; readings go to one keyed topic per
     # the processing job's choice; everything rejected goes to one dead-letter topic.

@@ -98,6 +98,9 @@ def kafka_properties(kafka: KafkaSettings) -> dict[str, str]:
         "bootstrap.servers": kafka.bootstrap_servers,
         "security.protocol": kafka.security_protocol,
     }
+    if kafka.ssl_ca_file:
+        props["ssl.truststore.type"] = "PEM"
+        props["ssl.truststore.location"] = kafka.ssl_ca_file
     if kafka.sasl_mechanism:
         props["sasl.mechanism"] = kafka.sasl_mechanism
         password = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""

@@ -10,6 +10,10 @@
   defaults are applied. Transition rules (those naming ``oldSelf``) only run on update, so
   they are not evaluated here. A custom resource's ``metadata`` is checked against the core
   ``ObjectMeta`` schema.
+* A custom kind whose CRD the folder lacks but which has a stand-in here
+  (:data:`STAND_INS`: a reduced schema written from the operator's documentation) is
+  judged by the stand-in, and :func:`with_stand_ins` says which ones were used, so a test
+  can report it; once the real CRD is in the folder it takes over.
 * Anything else is an unknown kind, which fails.
 
 Every function returns a list of problems (empty = valid) so a test can show them all.
@@ -71,6 +75,111 @@ def load_crds(crd_dir: Path) -> dict[tuple[str, str], CustomKind]:
                     spec["group"], ver["name"], spec["names"]["kind"], schema, validator
                 )
     return kinds
+
+
+# -- stand-ins for CRDs the folder lacks ---------------------------------------------------
+
+_ANY_OBJECT: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+_KAFKA_AUTHENTICATIONS = ["tls", "tls-external", "scram-sha-512"]
+_KAFKA_ACL_RESOURCES = ["topic", "group", "cluster", "transactionalId"]
+_KAFKA_ACL_OPERATIONS = [
+    *("Read", "Write", "Create", "Delete", "Alter", "Describe", "ClusterAction"),
+    *("AlterConfigs", "DescribeConfigs", "IdempotentWrite", "All"),
+]
+
+# Strimzi 1.x KafkaUser (kafka.strimzi.io/v1), as documented: the fields of spec with
+# their types and enumerations; unknown fields are refused like the real structural schema
+# would, nested free-form parts (password source, quotas, template) are not judged.
+_KAFKA_USER_V1: dict[str, Any] = {
+    "type": "object",
+    "required": ["spec"],
+    "properties": {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "properties": {
+                "userName": {"type": "string"},
+                "authentication": {
+                    "type": "object",
+                    "required": ["type"],
+                    "properties": {
+                        "type": {"type": "string", "enum": _KAFKA_AUTHENTICATIONS},
+                        "password": _ANY_OBJECT,
+                    },
+                },
+                "authorization": {
+                    "type": "object",
+                    "required": ["acls", "type"],
+                    "properties": {
+                        "type": {"type": "string", "enum": ["simple"]},
+                        "acls": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["resource", "operations"],
+                                "properties": {
+                                    "type": {"type": "string", "enum": ["allow", "deny"]},
+                                    "host": {"type": "string"},
+                                    "resource": {
+                                        "type": "object",
+                                        "required": ["type"],
+                                        "properties": {
+                                            "type": {
+                                                "type": "string",
+                                                "enum": _KAFKA_ACL_RESOURCES,
+                                            },
+                                            "name": {"type": "string"},
+                                            "patternType": {
+                                                "type": "string",
+                                                "enum": ["literal", "prefix"],
+                                            },
+                                        },
+                                    },
+                                    "operations": {
+                                        "type": "array",
+                                        "items": {"type": "string", "enum": _KAFKA_ACL_OPERATIONS},
+                                    },
+                                },
+                            },
+                        },
+                    },
+                },
+                "quotas": _ANY_OBJECT,
+                "template": _ANY_OBJECT,
+            },
+        },
+        "status": _ANY_OBJECT,
+    },
+}
+
+# (apiVersion, kind) -> (schema, where the real CRD comes from)
+STAND_INS: dict[tuple[str, str], tuple[dict[str, Any], str]] = {
+    ("kafka.strimzi.io/v1", "KafkaUser"): (
+        _KAFKA_USER_V1,
+        "strimzi-kafka-operator 1.2.0 install/cluster-operator/044-Crd-kafkauser.yaml",
+    ),
+}
+
+
+def with_stand_ins(
+    kinds: dict[tuple[str, str], CustomKind],
+) -> tuple[dict[tuple[str, str], CustomKind], list[str]]:
+    """``kinds`` plus a stand-in for every kind of :data:`STAND_INS` they lack, and the
+    descriptions of the stand-ins used (empty when every CRD is there)."""
+    out = dict(kinds)
+    used: list[str] = []
+    for (api_version, kind), (schema, source) in STAND_INS.items():
+        if (api_version, kind) in out:
+            continue
+        group, _, version = api_version.rpartition("/")
+        root = to_json_schema(schema)
+        root["properties"]["metadata"] = {"type": "object"}
+        validator = jsonschema.Draft202012Validator(root)
+        out[(api_version, kind)] = CustomKind(group, version, kind, schema, validator)
+        used.append(f"{api_version} {kind} (missing CRD: {source})")
+    return out, used
 
 
 # -- structural schema -> JSON Schema ------------------------------------------------------

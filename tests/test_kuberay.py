@@ -28,7 +28,13 @@ from aircast import telemetry
 from aircast.measures import MEASURES
 from aircast.records import Aggregate, Reading
 from aircast.settings import KafkaSettings, Settings
-from tests.kube_validation import CustomKind, load_crds, load_documents, validate
+from tests.kube_validation import (
+    CustomKind,
+    load_crds,
+    load_documents,
+    validate,
+    with_stand_ins,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 KUBERAY = REPO / "kuberay"
@@ -49,11 +55,16 @@ def _module(path: Path) -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="module")
-def crds() -> dict[tuple[str, str], CustomKind]:
+def crd_dir() -> Path:
     shared = Settings().data.shared_dir
     shared = shared if shared.is_absolute() else REPO / shared
-    return load_crds((shared / ".." / "crds").resolve())
+    return (shared / ".." / "crds").resolve()
+
+
+@pytest.fixture(scope="module")
+def crds() -> dict[tuple[str, str], CustomKind]:
+    """The CRDs of the shared folder, plus stand-ins for kinds it lacks (KafkaUser)."""
+    return with_stand_ins(load_crds(crd_dir()))[0]
 
 
 def render(target: str) -> list[Doc]:
@@ -199,21 +210,52 @@ def env_problems(docs: list[Doc], monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def secret_keys() -> set[str]:
+    """The keys kuberay/create-secrets.sh puts in aircast-secrets (its keys=(...) array)."""
     text = (KUBERAY / "create-secrets.sh").read_text(encoding="utf-8")
-    return set(re.findall(r"--from-literal=([a-z0-9-]+)=", text))
+    found = re.search(r"^keys=\(\n(.*?)^\)", text, re.S | re.M)
+    assert found, "create-secrets.sh has no keys=( ... ) array"
+    return {line.split("#")[0].strip() for line in found.group(1).splitlines()} - {""}
+
+
+# Secrets Strimzi creates: one per KafkaUser (SCRAM) and the cluster CA's public half.
+KAFKA_USER_KEYS = {"password", "sasl.jaas.config"}
+CLUSTER_CA_KEYS = {"ca.crt", "ca.p12", "ca.password"}
+
+
+def allowed_secrets(docs: list[Doc]) -> dict[str, set[str]]:
+    """Secret name -> the keys a manifest may reference: aircast-secrets (create-secrets.sh)
+    and the Secrets Strimzi creates for the KafkaUsers and Kafka clusters in ``docs``."""
+    allowed = {SECRET: secret_keys()}
+    for user in _of(docs, "KafkaUser"):
+        if user["spec"].get("authentication", {}).get("type") == "scram-sha-512":
+            allowed[user["metadata"]["name"]] = KAFKA_USER_KEYS
+    for kafka in _of(docs, "Kafka"):
+        allowed[f"{kafka['metadata']['name']}-cluster-ca-cert"] = CLUSTER_CA_KEYS
+    return allowed
 
 
 def secret_problems(docs: list[Doc]) -> list[str]:
     problems = [f"Secret/{d['metadata']['name']} holds values" for d in _of(docs, "Secret")]
-    keys = secret_keys()
+    allowed = allowed_secrets(docs)
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
             ref = node.get("secretKeyRef")
-            if isinstance(ref, dict) and (ref.get("name") != SECRET or ref.get("key") not in keys):
-                problems.append(f"{path}: secretKeyRef {ref} is not a key of {SECRET}")
+            if isinstance(ref, dict) and ref.get("key") not in allowed.get(ref.get("name"), ()):
+                problems.append(
+                    f"{path}: secretKeyRef {ref} is not a key of {SECRET} "
+                    "or of a Secret Strimzi creates"
+                )
+            volume = node.get("secret")
+            if isinstance(volume, dict) and "secretName" in volume:
+                keys = allowed.get(volume["secretName"], set())
+                wanted = {item["key"] for item in volume.get("items", [])}
+                if not keys or not wanted <= keys:
+                    problems.append(f"{path}: secret volume {volume} names unknown keys")
             name = str(node.get("name", ""))
-            if re.search(r"PASSWORD|TOKEN", name) and "value" in node:
+            # <NAME>_FILE variables hold the path of a mounted Secret file, not a secret.
+            is_path = name.endswith("_FILE") and str(node.get("value", "")).startswith("/")
+            if re.search(r"PASSWORD|TOKEN", name) and "value" in node and not is_path:
                 problems.append(f"{path}: {name} has a literal value")
             if "redisPassword" in node and "value" in node["redisPassword"]:
                 problems.append(f"{path}: redisPassword has a literal value")
@@ -229,6 +271,45 @@ def secret_problems(docs: list[Doc]) -> list[str]:
             for key in doc.get("data", {}):
                 if re.search(r"PASSWORD|TOKEN", key):
                     problems.append(f"ConfigMap/{doc['metadata']['name']}: {key} in plain text")
+    return problems + runtime_env_secret_problems(docs)
+
+
+def runtime_env_secret_problems(docs: list[Doc]) -> list[str]:
+    """A RayJob's runtime environment is plain text in the resource: a secret setting there
+    must be a ${VAR} reference (Ray expands it on the cluster's pods) to a variable every
+    pod of the selected cluster takes from a Secret, and the job must be submitted in
+    HTTPMode (K8sJobMode's submitter shell would expand the reference itself)."""
+    problems: list[str] = []
+    for job in _of(docs, "RayJob"):
+        where = f"RayJob/{job['metadata'].get('name') or job['metadata'].get('generateName')}"
+        env = runtime_env_vars(job)
+        refs = {n: v for n, v in env.items() if re.search(r"PASSWORD|TOKEN", n)}
+        if not refs:
+            continue
+        if job["spec"].get("submissionMode") != "HTTPMode":
+            problems.append(f"{where}: secret references need submissionMode HTTPMode")
+        cluster = job["spec"].get("clusterSelector", {}).get("ray.io/cluster")
+        found = [d for d in _of(docs, "RayCluster") if d["metadata"]["name"] == cluster]
+        specs = [s for d in found for s in pod_specs(d)]
+        for name, value in refs.items():
+            match = re.fullmatch(r"\$\{([A-Z0-9_]+)\}", str(value))
+            if match is None:
+                problems.append(f"{where}: {name} has a literal value in runtimeEnvYAML")
+                continue
+            var = match.group(1)
+            from_secret = [
+                any(
+                    e["name"] == var and "secretKeyRef" in e.get("valueFrom", {})
+                    for e in c.get("env", [])
+                )
+                for spec in specs
+                for c in spec["containers"]
+            ]
+            if not from_secret or not all(from_secret):
+                problems.append(
+                    f"{where}: {name} refers to ${{{var}}}, which not every pod of RayCluster "
+                    f"{cluster} takes from a Secret"
+                )
     return problems
 
 
@@ -439,6 +520,38 @@ def test_no_manifest_escapes_validation() -> None:
         assert not any("kind" in d for d in docs), f"{path} is not validated"
 
 
+def test_every_custom_kind_has_its_crd_or_a_named_stand_in() -> None:
+    """Every custom kind is validated against its operator's CRD from the shared folder;
+    the one it lacks (Strimzi's KafkaUser) against a stand-in of that CRD's fields
+    (kube_validation.STAND_INS), and no other kind falls back to a stand-in. Once the
+    shared folder holds the CRD, the stand-in is not used."""
+    _, used = with_stand_ins(load_crds(crd_dir()))
+    assert [u.split(" (")[0] for u in used] in ([], ["kafka.strimzi.io/v1 KafkaUser"]), used
+
+
+def test_stand_in_schema_refuses_a_broken_kafka_user(
+    crds: dict[tuple[str, str], CustomKind],
+) -> None:
+    user = yaml.safe_load(
+        """
+        apiVersion: kafka.strimzi.io/v1
+        kind: KafkaUser
+        metadata: {name: broken}
+        spec:
+          authentication: {type: scram-sha-256}
+          authorization:
+            type: simple
+            acls:
+              - resource: {type: topic, name: aircast.raw}
+                operation: Read
+        """
+    )
+    problems = validate(user, crds)
+    assert any("'scram-sha-256' is not one of" in p for p in problems), problems
+    assert any("'operations' is a required property" in p for p in problems), problems
+    assert any("Additional properties are not allowed ('operation'" in p for p in problems)
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_rendered_overlay_is_valid(
     target: str, rendered: dict[str, list[Doc]], crds: dict[tuple[str, str], CustomKind]
@@ -500,7 +613,33 @@ def test_unknown_env_var_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_secrets_only_by_reference(target: str, rendered: dict[str, list[Doc]]) -> None:
-    assert not secret_problems(rendered[target])
+    backfill = load_documents((KUBERAY / "jobs" / "rayjob-backfill.yaml").read_text())
+    assert not secret_problems(rendered[target] + backfill)
+
+
+def test_runtime_env_secrets_are_references(rendered: dict[str, list[Doc]]) -> None:
+    """The pipeline's RayJobs carry their Kafka password as ${VAR}, never as a value."""
+    docs = rendered["base"]
+    jobs = {d["metadata"]["name"]: runtime_env_vars(d) for d in _of(docs, "RayJob")}
+    assert jobs["aircast-ingest"]["AIRCAST_KAFKA__SASL_PASSWORD"] == "${KAFKA_INGEST_PASSWORD}"
+    broken = yaml.safe_load(
+        """
+        apiVersion: ray.io/v1
+        kind: RayJob
+        metadata: {name: leaky}
+        spec:
+          entrypoint: python -m actors.ingest
+          clusterSelector: {ray.io/cluster: aircast-pipeline}
+          runtimeEnvYAML: |
+            env_vars:
+              AIRCAST_KAFKA__SASL_PASSWORD: hunter2
+              AIRCAST_REDIS__PASSWORD: ${NOT_ON_THE_PODS}
+        """
+    )
+    problems = runtime_env_secret_problems([*docs, broken])
+    assert any("leaky: AIRCAST_KAFKA__SASL_PASSWORD has a literal value" in p for p in problems)
+    assert any("${NOT_ON_THE_PODS}, which not every pod" in p for p in problems), problems
+    assert any("leaky: secret references need submissionMode HTTPMode" in p for p in problems)
 
 
 def test_literal_secret_is_refused() -> None:
@@ -542,7 +681,7 @@ def test_images_match_the_versions_deployed(rendered: dict[str, list[Doc]]) -> N
     ray_from = (KUBERAY / "images" / "ray" / "Dockerfile").read_text().split("\nFROM ")[1]
     flink_docker = (KUBERAY / "images" / "flink" / "Dockerfile").read_text()
     assert ray_from.split()[0] == "rayproject/ray:2.60.0-py311"
-    assert "\nFROM flink:2.0.1\n" in flink_docker
+    assert "\nFROM flink:2.0.1-scala_2.12-java17\n" in flink_docker
     assert '".[flink]"' in flink_docker and "flink-connector-kafka" in flink_docker
     # The job's JVM fast lane is compiled into the image and found by the job.
     assert "flink/java/build.sh /flink-lib /out/aircast-flink.jar" in flink_docker
@@ -646,8 +785,14 @@ def test_kafka_topics_match_settings(target: str, rendered: dict[str, list[Doc]]
         if target != "overlays/minikube":
             assert (replicas, isr) == (3, 2)
     cluster = _one(docs, "Kafka", "aircast")
-    plain = next(x for x in cluster["spec"]["kafka"]["listeners"] if x["name"] == "plain")
-    assert env["AIRCAST_KAFKA__BOOTSTRAP_SERVERS"] == f"aircast-kafka-bootstrap:{plain['port']}"
+    # The app connects to the one listener there is: TLS with SCRAM-SHA-512 logins.
+    (listener,) = cluster["spec"]["kafka"]["listeners"]
+    assert listener["tls"] is True
+    assert listener["authentication"]["type"] == "scram-sha-512"
+    assert env["AIRCAST_KAFKA__BOOTSTRAP_SERVERS"] == f"aircast-kafka-bootstrap:{listener['port']}"
+    assert env["AIRCAST_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert env["AIRCAST_KAFKA__SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert cluster["spec"]["kafka"]["authorization"]["type"] == "simple"
 
 
 def test_influx_provisioning_matches_settings(rendered: dict[str, list[Doc]]) -> None:
@@ -703,18 +848,34 @@ def test_overlays_scale_as_documented(rendered: dict[str, list[Doc]]) -> None:
     assert workers(mini) < workers(rendered["base"]) < workers(prod)
     assert _one(mini, "KafkaNodePool", "dual")["spec"]["replicas"] == 1
     assert _one(prod, "KafkaNodePool", "dual")["spec"]["replicas"] == 3
-    for docs, klass in ((mini, "standard"), (prod, "standard-rwx")):
-        assert {c["spec"]["storageClassName"] for c in _of(docs, "PersistentVolumeClaim")} == {
-            klass
-        }
+    classes = {
+        (docs is prod, c["metadata"]["name"]): c["spec"]["storageClassName"]
+        for docs in (mini, prod)
+        for c in _of(docs, "PersistentVolumeClaim")
+    }
+    assert {v for (is_prod, _), v in classes.items() if not is_prod} == {"standard"}
+    # Production: the shared claims on a ReadWriteMany class, Prometheus's on a block disk.
+    assert {name: v for (is_prod, name), v in classes.items() if is_prod} == {
+        "aircast-models": "standard-rwx",
+        "aircast-flink-data": "standard-rwx",
+        "prometheus-data": "premium-rwo",
+    }
     flink = _one(prod, "FlinkDeployment", "aircast-flink")["spec"]
     assert flink["flinkConfiguration"]["job.autoscaler.enabled"] == "true"
     for docs in rendered.values():  # GCS fault tolerance on both Ray clusters
         service = _one(docs, "RayService", "aircast")["spec"]["rayClusterConfig"]
         cluster = _one(docs, "RayCluster", "aircast-pipeline")["spec"]
         for spec in (service, cluster):
-            assert spec["gcsFaultToleranceOptions"]["redisAddress"] == "redis:6379"
+            # In the GCS store (its own Redis and password), not in the application cache.
+            options = spec["gcsFaultToleranceOptions"]
+            assert options["redisAddress"] == "redis-gcs:6379"
+            assert options["redisPassword"]["valueFrom"]["secretKeyRef"]["key"] == (
+                "redis-gcs-password"
+            )
             assert spec["enableInTreeAutoscaling"] is True
+        assert config_map_data(docs, "aircast-env")["AIRCAST_REDIS__URL"].startswith(
+            "redis://redis:6379/"
+        )
 
 
 # -- tests: Grafana ------------------------------------------------------------------------

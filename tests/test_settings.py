@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from aircast.errors import ConfigError
 from aircast.measures import BY_NAME, MEASURES, measure
-from aircast.settings import Settings, load_settings
+from aircast.settings import KafkaSettings, Settings, load_settings
 
 
 def test_defaults_point_at_loopback() -> None:
@@ -65,3 +65,23 @@ def test_measure_table_is_defined_once_and_sane() -> None:
     assert not measure("P1").accepts(1999.0)
     with pytest.raises(KeyError, match="known"):
         measure("P3")
+
+
+def test_the_kafka_ca_file_reaches_every_client() -> None:
+    """``kafka.ssl_ca_file`` (the Strimzi cluster CA on Kubernetes) is what each of the
+    three Kafka clients verifies the brokers with: kafka-python, librdkafka, Flink's."""
+    from aircast.kafka import connection_options, librdkafka_options
+    from flink.config import kafka_properties
+
+    settings = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="aircast-ingest",
+        ssl_ca_file="/etc/aircast/kafka-ca/ca.crt",
+    )
+    assert connection_options(settings)["ssl_cafile"] == "/etc/aircast/kafka-ca/ca.crt"
+    assert librdkafka_options(settings)["ssl.ca.location"] == "/etc/aircast/kafka-ca/ca.crt"
+    java = kafka_properties(settings)
+    assert java["ssl.truststore.type"] == "PEM"
+    assert java["ssl.truststore.location"] == "/etc/aircast/kafka-ca/ca.crt"
+    assert "ssl_cafile" not in connection_options(KafkaSettings())

@@ -10,8 +10,11 @@ updated, existing mappings and credentials are kept (passwords are reset to the 
 * v1 authorizations (InfluxDB's "legacy tokens", username + password): ``aircast`` may read
   and write the three buckets, ``grafana`` may only read them.
 
-Environment: ``AIRCAST_*`` settings (names, retentions, the app password), plus
-``INFLUXDB_ADMIN_TOKEN``, ``INFLUXDB_ORG`` and ``GRAFANA_INFLUX_PASSWORD`` (all from Secrets).
+Environment: ``AIRCAST_*`` settings (names, retentions, the app user's name) and
+``INFLUXDB_ORG``; the secrets ``INFLUXDB_ADMIN_TOKEN``, ``INFLUX_APP_PASSWORD`` (the
+``aircast`` user's, which the app reads as ``AIRCAST_INFLUX__PASSWORD``) and
+``GRAFANA_INFLUX_PASSWORD``, each from a file named by ``<NAME>_FILE`` (a mounted Secret:
+the Job's way) or from the variable itself.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from aircast.errors import ConfigError
 from aircast.influx import duration_seconds
@@ -61,6 +65,22 @@ def _env(name: str) -> str:
     return value
 
 
+def secret(name: str) -> str:
+    """A secret from the file ``$<name>_FILE`` names (a mounted Secret, never on a command
+    line or in the environment) or, without one, from ``$<name>``."""
+    path = os.environ.get(f"{name}_FILE", "")
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SystemExit(f"cannot read {name}_FILE={path}: {exc}") from exc
+    else:
+        value = os.environ.get(name, "")
+    if not value:
+        raise SystemExit(f"{name} (or {name}_FILE) is required")
+    return value
+
+
 def provision(settings: Settings) -> None:  # pragma: no cover - needs InfluxDB 2
     from influxdb_client import InfluxDBClient
     from influxdb_client.domain import (
@@ -74,7 +94,7 @@ def provision(settings: Settings) -> None:  # pragma: no cover - needs InfluxDB 
     from influxdb_client.service import DBRPsService, LegacyAuthorizationsService
 
     org_name = _env("INFLUXDB_ORG")
-    with InfluxDBClient(url=settings.influx.url, token=_env("INFLUXDB_ADMIN_TOKEN")) as client:
+    with InfluxDBClient(url=settings.influx.url, token=secret("INFLUXDB_ADMIN_TOKEN")) as client:
         deadline = time.monotonic() + 300
         while not client.ping():  # the StatefulSet may still be starting
             if time.monotonic() > deadline:
@@ -114,10 +134,10 @@ def provision(settings: Settings) -> None:  # pragma: no cover - needs InfluxDB 
         legacy = LegacyAuthorizationsService(client.api_client)
         users = {
             settings.influx.username or "aircast": (
-                _env("AIRCAST_INFLUX__PASSWORD"),
+                secret("INFLUX_APP_PASSWORD"),
                 ("read", "write"),
             ),
-            "grafana": (_env("GRAFANA_INFLUX_PASSWORD"), ("read",)),
+            "grafana": (secret("GRAFANA_INFLUX_PASSWORD"), ("read",)),
         }
         for user, (password, actions) in users.items():
             found = legacy.get_legacy_authorizations(org_id=org.id, token=user).authorizations
