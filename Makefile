@@ -5,6 +5,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 FLINK_VENV := .venv-flink
+CHECKOV_VENV := .venv-checkov
 FLINK_JAR := build/aircast-flink.jar
 # uv through the interpreter: a fresh pip install needs no PATH (or pyenv rehash).
 UV := $(PYTHON) -m uv
@@ -15,11 +16,12 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_AUTH_MODE ?= disabled
 PYTEST_ARGS ?=
 
-.PHONY: help setup system venvs run test check lint typecheck clean stack-up stack-down stack-status bench-e2e soak
+.PHONY: help setup system venvs run test test-fast check lint typecheck clean stack-up stack-down stack-status bench-e2e soak
 
 help:
 	@echo "make run    set up, start the local stack, run the pipeline, print the URLs"
 	@echo "make test   set up, then run every test against real servers"
+	@echo "make test-fast  the unit and domain tests only: no servers, no browser, no Flink"
 	@echo "make check  ruff + mypy"
 
 setup: system venvs
@@ -27,7 +29,7 @@ setup: system venvs
 system:
 	@bash scripts/setup-system.sh
 
-venvs: $(VENV)/.installed $(FLINK_VENV)/.installed $(FLINK_JAR)
+venvs: $(VENV)/.installed $(FLINK_VENV)/.installed $(FLINK_JAR) $(CHECKOV_VENV)/.installed
 
 .PHONY: .uv-bootstrap
 .uv-bootstrap:
@@ -48,6 +50,14 @@ $(FLINK_VENV)/.installed: pyproject.toml | .uv-bootstrap
 	@$(UV) pip install -q --python $(FLINK_VENV)/bin/python -e '.[flink]'
 	@touch $@
 
+# checkov scans the rendered Kubernetes manifests (tests/test_kube_checkov.py); its pins
+# are its own, so it gets a virtualenv of its own.
+$(CHECKOV_VENV)/.installed: | .uv-bootstrap
+	@echo "building $(CHECKOV_VENV) (checkov 3.3.30, the manifest scan)"
+	@[ -x $(CHECKOV_VENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(CHECKOV_VENV)
+	@$(UV) pip install -q --python $(CHECKOV_VENV)/bin/python "checkov==3.3.30"
+	@touch $@
+
 # The Flink job's JVM fast lane (flink/java), compiled against the Flink jars PyFlink ships.
 $(FLINK_JAR): $(FLINK_VENV)/.installed flink/java/build.sh $(wildcard flink/java/aircast/flink/*.java)
 	@bash flink/java/build.sh "$$($(FLINK_VENV)/bin/python -c 'import os, pyflink; print(os.path.join(os.path.dirname(pyflink.__file__), "lib"))')" $@
@@ -55,8 +65,16 @@ $(FLINK_JAR): $(FLINK_VENV)/.installed flink/java/build.sh $(wildcard flink/java
 run: setup
 	$(VENV)/bin/aircast run
 
+# Two workers, a file at a time each (a file's module fixtures stay on one worker);
+# each worker starts its own session stack on free ports.
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 test: setup
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(XDIST) $(PYTEST_ARGS)
+
+# The inner loop: what needs no server, browser or Flink mini-cluster.
+FAST := not soak and not slow and not servers and not flink and not browser
+test-fast: venvs
+	$(VENV)/bin/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 # One hour at 10x the real network's rate (AIRCAST_SOAK_SECONDS, AIRCAST_SOAK_RECORDS_PER_S).
 soak: setup

@@ -22,6 +22,37 @@ from aircast.stack import control
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Tests that use these need the real servers of the session stack: marked ``servers``
+# here, so `make test-fast` (``-m "not servers ..."``) runs only what needs none.
+SERVER_FIXTURES = frozenset({"stack_dir", "stack_settings", "ray_session"})
+
+
+# The longest files first: `make test` runs files on two pytest-xdist workers in
+# collection order (--dist loadfile --no-loadscope-reorder), so these start at once and
+# the short files fill in around them instead of one long file starting last.
+LONGEST_FIRST = (
+    "test_e2e.py",
+    "test_newcomer.py",
+    "test_flink_job.py",
+    "test_training.py",
+    "test_commands.py",
+    "test_serve_api.py",
+    "test_stack.py",
+)
+
+
+def _weight(item: pytest.Item) -> int:
+    name = item.path.name
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+    items.sort(key=_weight)  # stable: a file's tests keep their order
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
