@@ -16,13 +16,13 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_AUTH_MODE ?= disabled
 PYTEST_ARGS ?=
 
-.PHONY: help setup system venvs run test test-fast check lint typecheck clean stack-up stack-down stack-status bench-e2e soak
+.PHONY: help setup system venvs run test test-fast check lint typecheck layers clean stack-up stack-down stack-status bench-e2e soak
 
 help:
 	@echo "make run    set up, start the local stack, run the pipeline, print the URLs"
 	@echo "make test   set up, then run every test against real servers"
 	@echo "make test-fast  the unit and domain tests only: no servers, no browser, no Flink"
-	@echo "make check  ruff + mypy"
+	@echo "make check  ruff + mypy + the import contracts"
 
 setup: system venvs
 
@@ -104,11 +104,14 @@ bench-e2e: setup $(PEER_VENV)/.installed
 	$(VENV)/bin/python benchmarks/bench_e2e.py
 
 lint:
-	$(VENV)/bin/ruff check aircast actors flink training serve kuberay tests benchmarks
-	$(VENV)/bin/ruff format --check aircast actors flink training serve kuberay tests benchmarks
+	$(VENV)/bin/ruff check aircast aircast_cli actors flink training serve kuberay tests benchmarks
+	$(VENV)/bin/ruff format --check aircast aircast_cli actors flink training serve kuberay tests benchmarks
 typecheck:
 	$(VENV)/bin/mypy
-check: lint typecheck
+# The import contracts of pyproject.toml: the domain imports no runtime.
+layers:
+	$(VENV)/bin/lint-imports
+check: lint typecheck layers
 
 clean:
 	-$(VENV)/bin/aircast stack down

@@ -22,8 +22,8 @@ from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
 from aircast.errors import AircastError
+from aircast.localhost import free_port, port_is_free, ray_environment
 from aircast.settings import Settings, stack_file
-from aircast.stack.services import free_port, port_is_free, ray_environment
 from serve.app import APP_NAME, build_app
 from serve.deploy import QUIET
 
@@ -322,7 +322,7 @@ def deploy_serve(settings: Settings, running: Running) -> Settings:
     within ``RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S`` of its creation, and the raylet
     starts at most as many worker processes at once as the node has cores, so a proxy
     created while the jobs' actors start waits in that queue (see
-    :func:`aircast.stack.services.ray_head_environment`)."""
+    :func:`aircast_cli.stack.services.ray_head_environment`)."""
     port = settings.serve.port if port_is_free(settings.serve.port) else free_port()
     settings = settings.model_copy(
         update={"serve": settings.serve.model_copy(update={"port": port})}

@@ -121,7 +121,8 @@ class StackSettings(BaseModel):
     model_config = _FROZEN
 
     state_dir: Path = Path(".aircast")
-    # Preferred ports; a taken port is replaced by a free one at `stack up`.
+    # Preferred ports; a taken port is replaced by a free one at `stack up`, and 0 asks
+    # for any free one (tests: their stacks leave the defaults to a user's).
     redis_port: int = 6379
     kafka_port: int = 9092
     influx_port: int = 8086

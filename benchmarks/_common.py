@@ -15,7 +15,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from aircast.settings import Settings, StackSettings
-from aircast.stack import control
+from aircast_cli.stack import control
 
 
 @contextmanager

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aircast.stack.services import ray_environment
+from aircast.localhost import ray_environment
 
 for _name, _value in ray_environment().items():  # before Ray is imported
     os.environ.setdefault(_name, _value)
@@ -38,7 +38,7 @@ from aircast.errors import StackError  # noqa: E402
 from aircast.influx import InfluxV1  # noqa: E402
 from aircast.records import AGGREGATE_WINDOW_S, Aggregate  # noqa: E402
 from aircast.settings import Settings, StackSettings  # noqa: E402
-from aircast.stack import control  # noqa: E402
+from aircast_cli.stack import control  # noqa: E402
 
 CONCURRENCY = 32
 SENSORS = 200

@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from aircast.settings import Settings, StackSettings
-from aircast.stack import control
+from aircast_cli.stack import control
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,6 +57,23 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
+# A test's stack takes any free ports: the default ones are a user's (and the newcomer
+# test's, which runs `make run` as a user does, beside the other worker's stacks).
+ANY_PORT = {
+    "redis_port": 0,
+    "kafka_port": 0,
+    "influx_port": 0,
+    "ray_port": 0,
+    "ray_dashboard_port": 0,
+}
+ANY_PORT_ENV = {f"AIRCAST_STACK__{name.upper()}": "0" for name in ANY_PORT}
+
+
+def any_port_stack(state_dir: Path, services: tuple[str, ...] | None = None) -> StackSettings:
+    extra: dict[str, object] = {"services": services} if services else {}
+    return StackSettings(state_dir=state_dir, **ANY_PORT, **extra)  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="session")
 def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stack")
@@ -66,9 +83,7 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stack_settings(stack_dir: Path) -> Iterator[Settings]:
     """Settings pointing at a running stack started for this test session."""
     # The Flink job is not part of the session stack: its tests run their own jobs.
-    base = Settings(
-        stack=StackSettings(state_dir=stack_dir, services=("redis", "kafka", "influxdb", "ray"))
-    )
+    base = Settings(stack=any_port_stack(stack_dir, ("redis", "kafka", "influxdb", "ray")))
     control.up(base)
     try:
         yield control.load_stack_settings(base, stack_dir.resolve())

@@ -139,7 +139,7 @@ class AircastRun:
 
     def __init__(self, env: dict[str, str], *args: str, argv: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            argv or [sys.executable, "-m", "aircast.cli", "run", *args],
+            argv or [sys.executable, "-m", "aircast_cli", "run", *args],
             cwd=REPO,
             env={**os.environ, **env},
             stdout=subprocess.PIPE,

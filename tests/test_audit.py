@@ -21,10 +21,10 @@ from aircast.audit import outcomes_of_message, run_audit
 from aircast.deadletters import DeadLetters
 from aircast.influx import InfluxV1
 from aircast.kafka import ensure_topics, producer
+from aircast.localhost import free_port
 from aircast.records import DUPLICATE, MALFORMED, Reading, Rejection
 from aircast.settings import Settings
 from aircast.simulator import Faults, Network
-from aircast.stack.services import free_port
 
 from .conftest import REPO, unique
 
@@ -220,7 +220,7 @@ def test_a_missing_dead_letter_and_the_cli(stack_settings: Settings, tmp_path: P
         [
             sys.executable,
             "-m",
-            "aircast.cli",
+            "aircast_cli",
             "--config",
             str(config),
             "audit",
@@ -247,7 +247,16 @@ def test_the_cli_says_when_the_broker_is_away(stack_settings: Settings, tmp_path
     }
     config.write_text(json.dumps({"kafka": away}))
     done = subprocess.run(
-        [sys.executable, "-m", "aircast.cli", "--config", str(config), "audit", "--since", "5m"],
+        [
+            sys.executable,
+            "-m",
+            "aircast_cli",
+            "--config",
+            str(config),
+            "audit",
+            "--since",
+            "5m",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

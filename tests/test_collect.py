@@ -24,7 +24,7 @@ from aircast.influx import InfluxV1
 from aircast.kafka import ensure_topics, producer
 from aircast.records import Aggregate, DeadLetter, Reading
 from aircast.settings import KafkaSettings, Settings
-from aircast.stack import control
+from aircast_cli.stack import control
 
 from .conftest import unique
 from .helpers import read_topic

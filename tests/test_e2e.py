@@ -31,12 +31,14 @@ import pytest
 
 from aircast.audit import Audit, run_audit
 from aircast.influx import InfluxV1
+from aircast.localhost import free_port
 from aircast.measures import MEASURES
 from aircast.settings import Settings, StackSettings
 from aircast.simulator import SNAPSHOT_WINDOW_S
-from aircast.stack import control
-from aircast.stack.services import ray_job_drivers
+from aircast_cli.stack import control
+from aircast_cli.stack.services import ray_job_drivers
 
+from .conftest import ANY_PORT_ENV
 from .helpers import AircastRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
@@ -58,6 +60,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     app = AircastRun(
         {
             "AIRCAST_STACK__STATE_DIR": str(state),
+            **ANY_PORT_ENV,
+            "AIRCAST_SERVE__PORT": str(free_port()),
             "AIRCAST_INGEST__SOURCE": "simulator",
             "AIRCAST_INGEST__SIMULATOR_SENSORS": "600",
             "AIRCAST_INGEST__SIMULATOR_REFRESH_S": str(INTERVAL_S),

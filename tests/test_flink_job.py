@@ -27,10 +27,10 @@ from kafka import KafkaConsumer, TopicPartition
 
 from aircast import records as R
 from aircast.kafka import consumer, ensure_topics, producer
-from aircast.settings import Settings, StackSettings
-from aircast.stack import control
+from aircast.settings import Settings
+from aircast_cli.stack import control
 
-from .conftest import REPO, unique
+from .conftest import REPO, any_port_stack, unique
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
 
@@ -45,7 +45,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     also starts Ray, which they do not need and which can fail to start for reasons
     that are not theirs, e.g. its dashboard port taken by another Ray on the machine)."""
     state_dir = tmp_path_factory.mktemp("flink-stack")
-    base = Settings(stack=StackSettings(state_dir=state_dir, services=("kafka",)))
+    base = Settings(stack=any_port_stack(state_dir, ("kafka",)))
     control.up(base)
     try:
         yield control.load_stack_settings(base, state_dir.resolve())

@@ -33,11 +33,11 @@ from aircast.cache import redis_client
 from aircast.errors import ProduceError
 from aircast.ingest import Ingestor
 from aircast.kafka import LIBRDKAFKA_LOG, Producer, RepeatFilter, ensure_topics, librdkafka_options
+from aircast.localhost import free_port
 from aircast.records import DeadLetter
 from aircast.settings import Settings
 from aircast.simulator import Faults, Network, SimulatorServer
 from aircast.sources import ArchiveSource, HttpSource, SourceError
-from aircast.stack.services import free_port
 
 from .conftest import unique
 from .helpers import read_topic

@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from aircast.stack.services import free_port
+from aircast.localhost import free_port
 
 from .helpers import AircastRun
 

@@ -50,12 +50,12 @@ import psutil
 import pytest
 
 from aircast.audit import run_audit
+from aircast.localhost import free_port
 from aircast.pipeline import status as pipeline_status
 from aircast.records import AGGREGATE_WINDOW_S
 from aircast.settings import FlinkSettings, ServeSettings, Settings, StackSettings
 from aircast.simulator import FEED_PATH
-from aircast.stack import control
-from aircast.stack.services import free_port
+from aircast_cli.stack import control
 
 from .conftest import REPO
 from .helpers import AircastRun
@@ -187,7 +187,7 @@ def test_soak(tmp_path: Path) -> None:
     port = free_port()
     simulate = ["simulate", "--sensors", str(sensors), "--port", str(port)]
     network = subprocess.Popen(
-        [sys.executable, "-m", "aircast.cli", *simulate],
+        [sys.executable, "-m", "aircast_cli", *simulate],
         cwd=REPO,
         env={**os.environ, "AIRCAST_INGEST__SIMULATOR_REFRESH_S": str(REFRESH_S)},
         stdout=subprocess.DEVNULL,

@@ -27,9 +27,9 @@ from aircast.kafka import consumer, ensure_topics, producer
 from aircast.queries import histories, history_pages, page_clause, page_digits, sensor_count
 from aircast.records import AGGREGATE_WINDOW_S
 from aircast.settings import InfluxSettings, Settings, StackSettings
-from aircast.stack import control
+from aircast_cli.stack import control
 
-from .conftest import REPO
+from .conftest import ANY_PORT, ANY_PORT_ENV, REPO, any_port_stack
 from .helpers import AircastRun
 
 
@@ -240,7 +240,9 @@ def test_second_up_is_refused(stack_settings: Settings) -> None:
 def _mini(tmp_path: Path, **stack: object) -> Settings:
     return Settings(
         stack=StackSettings(
-            state_dir=tmp_path / "mini", services=("redis", "kafka", "influxdb"), **stack
+            state_dir=tmp_path / "mini",
+            services=("redis", "kafka", "influxdb"),
+            **{**ANY_PORT, **stack},  # type: ignore[arg-type]
         )
     )
 
@@ -295,8 +297,8 @@ def _fake_driver(ray_address: str) -> subprocess.Popen[bytes]:
 def test_a_dead_heads_job_drivers_are_stopped_with_it() -> None:
     """The drivers a Ray head leaves behind (their watchers went with it) are found by
     their cluster's address and stopped; another cluster's are not touched."""
-    from aircast.stack.services import Service, ray_job_drivers
-    from aircast.stack.supervisor import stop_strays
+    from aircast_cli.stack.services import Service, ray_job_drivers
+    from aircast_cli.stack.supervisor import stop_strays
 
     mine, other = _fake_driver("127.0.0.1:1"), _fake_driver("127.0.0.1:2")
     try:
@@ -325,6 +327,7 @@ def test_aircast_run_reports_its_status_and_stops_everything_on_ctrl_c(tmp_path:
         {
             "AIRCAST_STACK__STATE_DIR": str(state),
             "AIRCAST_STACK__SERVICES": '["redis","kafka","influxdb"]',
+            **ANY_PORT_ENV,
         },
         *("--status-every", str(every), "--count-every", str(count_every)),
     )
@@ -362,7 +365,7 @@ def test_shared_core_imports_in_the_flink_venv() -> None:
     flink_python = REPO / ".venv-flink" / "bin" / "python"
     code = (
         "import sys, aircast, aircast.settings, aircast.measures, aircast.influx, "
-        "aircast.kafka, aircast.cache, aircast.stack.control\n"
+        "aircast.kafka, aircast.cache, aircast_cli.stack.control\n"
         "import pyflink.datastream.connectors.kafka as k\n"
         "assert hasattr(k, 'KafkaSource') and hasattr(k, 'KafkaSink')\n"
         "bad = [m for m in ('ray', 'tensorflow', 'keras') if m in sys.modules]\n"
@@ -378,8 +381,8 @@ def test_shared_core_imports_in_the_flink_venv() -> None:
 
 def test_shared_core_never_imports_runtimes() -> None:
     code = (
-        "import sys, aircast.cli, aircast.settings, aircast.measures, aircast.influx, "
-        "aircast.kafka, aircast.cache, aircast.stack.control\n"
+        "import sys, aircast_cli.cli, aircast.settings, aircast.measures, aircast.influx, "
+        "aircast.kafka, aircast.cache, aircast_cli.stack.control\n"
         "bad = [m for m in ('ray', 'tensorflow', 'keras', 'pyflink') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -392,9 +395,7 @@ def test_shared_core_never_imports_runtimes() -> None:
 @pytest.mark.flink
 @pytest.mark.slow
 def test_flink_job_runs_as_a_supervised_service(tmp_path: Path) -> None:
-    settings = Settings(
-        stack=StackSettings(state_dir=tmp_path / "flink-stack", services=("kafka", "flink"))
-    )
+    settings = Settings(stack=any_port_stack(tmp_path / "flink-stack", ("kafka", "flink")))
     control.up(settings)
     try:
         report = control.status(settings)
@@ -417,8 +418,8 @@ def test_flink_job_runs_as_a_supervised_service(tmp_path: Path) -> None:
 
 
 def test_down_keeps_only_the_newest_ray_session_and_purge_keeps_none(tmp_path: Path) -> None:
-    from aircast.stack.services import Plan
-    from aircast.stack.supervisor import plan_path
+    from aircast_cli.stack.services import Plan
+    from aircast_cli.stack.supervisor import plan_path
 
     state = (tmp_path / "pruned").resolve()
     state.mkdir()
@@ -430,7 +431,7 @@ def test_down_keeps_only_the_newest_ray_session_and_purge_keeps_none(tmp_path: P
         (session / "logs").mkdir(parents=True)
         os.utime(session, (1_000 + i, 1_000 + i))
     (temp / "session_latest").symlink_to(sessions[-1])
-    settings = Settings(stack=StackSettings(state_dir=state, services=("ray",)))
+    settings = Settings(stack=any_port_stack(state, ("ray",)))
     try:
         assert not control.down(settings)
         left = sorted(p.name for p in temp.glob("session_2*"))

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    from aircast.stack.services import ray_environment
+    from aircast.localhost import ray_environment
 
     for name, value in ray_environment().items():
         os.environ.setdefault(name, value)  # before Ray is imported: stay on 127.0.0.1

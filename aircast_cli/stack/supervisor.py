@@ -1,6 +1,6 @@
 """The stack supervisor: a detached process that owns every service of the local stack.
 
-``aircast stack up`` writes ``plan.json`` and starts ``python -m aircast.stack.supervisor
+``aircast stack up`` writes ``plan.json`` and starts ``python -m aircast_cli.stack.supervisor
 STATE_DIR``. The supervisor starts each service in its own process group, waits for it
 to be healthy, then watches: a service that exits unexpectedly is restarted (with
 backoff, at most ``MAX_RESTARTS`` in ``RESTART_WINDOW_S``). On SIGTERM or SIGINT it
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from aircast.stack.services import Plan, Service, build_services
+from aircast_cli.stack.services import Plan, Service, build_services
 
-log = logging.getLogger("aircast.stack")
+log = logging.getLogger("aircast_cli.stack")
 
 MAX_RESTARTS = 5
 START_ATTEMPTS = 3

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from aircast.errors import StackError
+from aircast.localhost import free_port, port_is_free, ray_environment
 
 SERVICE_ORDER: tuple[str, ...] = ("redis", "kafka", "influxdb", "ray", "flink")
 
@@ -122,21 +123,6 @@ class Service:
     strays: Callable[[], list[int]] | None = None
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def choose_ports(services: tuple[str, ...], preferred: dict[str, int]) -> dict[str, int]:
     """Each needed port: the preferred one when it is free, else any free port."""
     chosen: dict[str, int] = {}
@@ -151,16 +137,6 @@ def choose_ports(services: tuple[str, ...], preferred: dict[str, int]) -> dict[s
                 port = free_port()
             chosen[name] = port
     return chosen
-
-
-def ray_environment() -> dict[str, str]:
-    """The environment every Ray process of aircast runs with (cluster and clients)."""
-    return {
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # Keeps Ray (and TensorFlow's gRPC) on 127.0.0.1 on a single machine.
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
-    }
 
 
 # Serve's proxy must answer its readiness check this long after the controller creates

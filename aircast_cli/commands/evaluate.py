@@ -141,7 +141,7 @@ def _table(summary: dict[str, Any]) -> Table:
 
 
 def _connect_ray(settings: Settings, cpus: int) -> None:
-    from aircast.stack.services import ray_environment
+    from aircast.localhost import ray_environment
 
     for name, value in ray_environment().items():
         os.environ.setdefault(name, value)  # before Ray is imported: stay on 127.0.0.1

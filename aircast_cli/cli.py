@@ -24,7 +24,7 @@ from rich.table import Table
 
 from aircast.errors import AircastError
 from aircast.settings import Settings, load_settings
-from aircast.stack import control
+from aircast_cli.stack import control
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -136,7 +136,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def _start_pipeline(settings: Settings) -> Any:
     import os
 
-    from aircast.stack.services import ray_environment
+    from aircast.localhost import ray_environment
 
     for name, value in ray_environment().items():
         os.environ.setdefault(name, value)
@@ -220,10 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
-    from aircast import commands
+    from aircast_cli import commands
 
     for module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
-        importlib.import_module(f"aircast.commands.{module}").register(sub)
+        importlib.import_module(f"aircast_cli.commands.{module}").register(sub)
     return parser
 
 
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     # (without these, ray.init on 127.0.0.1 can try another interface and hang).
     import os
 
-    from aircast.stack.services import ray_environment
+    from aircast.localhost import ray_environment
 
     for name, value in ray_environment().items():
         os.environ.setdefault(name, value)

@@ -10,6 +10,8 @@ which stops every service; anything that outlived it is killed by process group.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -17,7 +19,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +31,8 @@ import yaml
 
 from aircast.errors import StackError, StorageError
 from aircast.settings import Settings, stack_file
-from aircast.stack.services import Plan, build_services, choose_ports
-from aircast.stack.supervisor import kill_group, plan_path, state_path
+from aircast_cli.stack.services import Plan, build_services, choose_ports
+from aircast_cli.stack.supervisor import kill_group, plan_path, state_path
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,28 @@ def _preferred(settings: Settings) -> dict[str, int]:
     }
 
 
+# Held from choosing ports until every service listens on its own: two stacks coming
+# up at once on one machine (pytest-xdist workers) would otherwise both find a port
+# free and both take it, and the second's service fail to bind.
+PORTS_LOCK = Path(tempfile.gettempdir()) / "aircast-stack-ports.lock"
+
+
+@contextlib.contextmanager
+def _ports_lock() -> Iterator[None]:
+    with open(PORTS_LOCK, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def up(settings: Settings, *, services: tuple[str, ...] | None = None) -> StackInfo:
+    with _ports_lock():
+        return _up(settings, services=services)
+
+
+def _up(settings: Settings, *, services: tuple[str, ...] | None = None) -> StackInfo:
     state_dir = settings.stack.state_dir.resolve()
     existing = running(state_dir)
     if existing is not None:
@@ -119,7 +144,7 @@ def up(settings: Settings, *, services: tuple[str, ...] | None = None) -> StackI
             [
                 sys.executable,
                 "-m",
-                "aircast.stack.supervisor",
+                "aircast_cli.stack.supervisor",
                 "--detach",
                 str(state_dir),
                 str(settings.stack.startup_timeout_s),

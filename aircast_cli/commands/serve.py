@@ -13,8 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from aircast.localhost import ray_environment
 from aircast.settings import Settings
-from aircast.stack.services import ray_environment
 
 console = Console()
 

@@ -1,4 +1,0 @@
-"""CLI subcommands, one module each, discovered by :func:`aircast.cli.build_parser`.
-
-Each module defines ``register(sub: argparse._SubParsersAction) -> None``.
-"""
