@@ -18,6 +18,7 @@ InfluxDB 2.x/3.x with a token, Redis with a password) with no code change.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -373,6 +374,64 @@ def stack_file(state_dir: Path) -> Path:
     return state_dir / "stack.yaml"
 
 
+# The local stack's own credentials: fine where every endpoint is on this machine,
+# refused anywhere else (a deployment that forgot its Secret must not run with a
+# password that is published in this file).
+LOCAL_SECRETS: dict[str, str] = {
+    "influx.password": "aircast-local",
+    "serve.admin_token": "aircast-local-admin",
+}
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _host(endpoint: str) -> str:
+    rest = endpoint.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 or rest.startswith("[") else rest
+
+
+def is_local(settings: Settings, environ: Mapping[str, str]) -> bool:
+    """Every endpoint on this machine, and not in a Kubernetes pod."""
+    if environ.get("KUBERNETES_SERVICE_HOST"):
+        return False
+    endpoints = [
+        *settings.kafka.bootstrap_servers.split(","),
+        settings.influx.url,
+        settings.redis.url,
+    ]
+    return all(_host(e.strip()) in _LOOPBACK for e in endpoints)
+
+
+def local_secrets_in_use(settings: Settings) -> list[str]:
+    """The settings still holding the local stack's published credentials."""
+    used = []
+    password = settings.influx.password
+    if (
+        settings.influx.token is None
+        and password is not None
+        and password.get_secret_value() == LOCAL_SECRETS["influx.password"]
+    ):
+        used.append("influx.password")
+    if settings.serve.admin_token.get_secret_value() == LOCAL_SECRETS["serve.admin_token"]:
+        used.append("serve.admin_token")
+    return used
+
+
+def check_secrets(
+    settings: Settings, environ: Mapping[str, str], names: tuple[str, ...] = tuple(LOCAL_SECRETS)
+) -> None:
+    """Refuse the local default secrets among ``names`` (those the calling component
+    uses: a Flink pod holds no admin token) outside the local stack."""
+    if is_local(settings, environ):
+        return
+    used = [name for name in local_secrets_in_use(settings) if name in names]
+    if used:
+        listed = ", ".join(f"{u} (AIRCAST_{u.replace('.', '__').upper()})" for u in used)
+        raise ConfigError(
+            f"refusing to start outside the local stack with its published default "
+            f"credentials: set {listed} from a Secret"
+        )
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings at an entry point.
 
@@ -392,8 +451,9 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             data = _read_yaml(local)
     token = _YAML_LAYER.set(data)
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValueError as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc
     finally:
         _YAML_LAYER.reset(token)
+    return settings

@@ -11,13 +11,14 @@ misses) and ``Refresher`` (scheduled recomputation, one replica) → ``Forecaste
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
 
 from aircast.errors import ConfigError
-from aircast.settings import Settings, load_settings
+from aircast.settings import Settings, check_secrets, load_settings
 from serve.api import Api
 from serve.forecaster import Forecaster
 from serve.refresher import Refresher
@@ -45,4 +46,8 @@ def build_app(args: dict[str, Any]) -> Application:
     if unknown:
         raise ConfigError(f"unknown application args {sorted(unknown)}; only 'config' is accepted")
     config = args.get("config")
-    return build(load_settings(Path(config) if config else None))
+    settings = load_settings(Path(config) if config else None)
+    # The API's admin routes and its InfluxDB reads: never with the published local
+    # credentials outside the local stack.
+    check_secrets(settings, os.environ, ("serve.admin_token", "influx.password"))
+    return build(settings)

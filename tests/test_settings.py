@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ from pydantic import ValidationError
 
 from aircast.errors import ConfigError
 from aircast.measures import BY_NAME, MEASURES, measure
-from aircast.settings import KafkaSettings, Settings, load_settings
+from aircast.settings import KafkaSettings, Settings, check_secrets, load_settings
 
 
 def test_defaults_point_at_loopback() -> None:
@@ -85,3 +86,43 @@ def test_the_kafka_ca_file_reaches_every_client() -> None:
     assert java["ssl.truststore.type"] == "PEM"
     assert java["ssl.truststore.location"] == "/etc/aircast/kafka-ca/ca.crt"
     assert "ssl_cafile" not in connection_options(KafkaSettings())
+
+
+def test_the_local_default_secrets_are_refused_outside_the_local_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On 127.0.0.1 the published local credentials are fine; in a Kubernetes pod, or
+    with any endpoint elsewhere, a component refuses those it uses, naming the
+    variables to set (the Serve app's builder checks both)."""
+    from serve.app import build_app
+
+    check_secrets(load_settings(), os.environ)  # the local stack: accepted
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    with pytest.raises(ConfigError, match=r"influx.password .*serve.admin_token"):
+        check_secrets(load_settings(), os.environ)
+    with pytest.raises(ConfigError, match="AIRCAST_SERVE__ADMIN_TOKEN"):
+        build_app({})
+    # A component that holds no admin token (the Flink job, the collectors) checks
+    # only what it uses.
+    with pytest.raises(ConfigError) as refused:
+        check_secrets(load_settings(), os.environ, ("influx.password",))
+    assert "admin_token" not in str(refused.value)
+    monkeypatch.setenv("AIRCAST_INFLUX__PASSWORD", "from-a-secret")
+    check_secrets(load_settings(), os.environ, ("influx.password",))
+    monkeypatch.setenv("AIRCAST_SERVE__ADMIN_TOKEN", "also-from-a-secret")
+    check_secrets(load_settings(), os.environ)
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    monkeypatch.delenv("AIRCAST_INFLUX__PASSWORD")
+    monkeypatch.delenv("AIRCAST_SERVE__ADMIN_TOKEN")
+    monkeypatch.setenv("AIRCAST_REDIS__URL", "redis://:pw@cache.example:6379/0")
+    with pytest.raises(ConfigError, match="AIRCAST_INFLUX__PASSWORD"):
+        check_secrets(load_settings(), os.environ)
+    # InfluxDB 2.x/3.x by token: the unused default password is no credential.
+    monkeypatch.setenv("AIRCAST_INFLUX__TOKEN", "t0ken")
+    monkeypatch.setenv("AIRCAST_SERVE__ADMIN_TOKEN", "mine")
+    check_secrets(load_settings(), os.environ)
+    monkeypatch.setenv("AIRCAST_REDIS__URL", "redis://[::1]:6379/0")
+    monkeypatch.delenv("AIRCAST_INFLUX__TOKEN")
+    monkeypatch.delenv("AIRCAST_SERVE__ADMIN_TOKEN")
+    check_secrets(load_settings(), os.environ)  # [::1] is this machine too
