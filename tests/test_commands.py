@@ -5,24 +5,33 @@
   and finds the stack's settings itself, so no ``--runtime-env`` or interpreter path
   is needed (a job run by the system interpreter fails: no module named 'actors').
 * ``aircast ingest --once`` and ``aircast collect --until-idle``, the same stages
-  through the CLI, with the same options (one parser: :mod:`aircast.options`).
+  through the CLI, with the same options (one parser: :mod:`aircast.options`);
+  ``aircast backfill``, ``simulate``, ``stack up|status|down``, ``serve`` and
+  ``serve --down``, each as typed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from aircast.influx import InfluxV1
 from aircast.kafka import ensure_topics
+from aircast.localhost import free_port
+from aircast.measures import MEASURES
 from aircast.settings import Settings
+from aircast.simulator import FEED_PATH
 
-from .conftest import REPO, unique
+from .conftest import ANY_PORT_ENV, REPO, unique
 from .helpers import read_topic
+from .test_archive import ARCHIVE
 from .test_collect import distinct_points, make_readings, produce_stream
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -136,3 +145,85 @@ def test_aircast_collect_until_idle_writes_every_reading(
     aircast = str(Path(sys.executable).parent / "aircast")
     _shell([aircast, "collect", "--actors", "2", "--until-idle", "1"], env)
     assert len(distinct_points(settings, settings.influx.raw_database)) == len(readings)
+
+
+AIRCAST = str(Path(sys.executable).parent / "aircast")
+
+
+def test_aircast_backfill_loads_an_archive_day_and_balances(
+    own_names: tuple[Settings, dict[str, str]],
+) -> None:
+    """`aircast backfill` on one real archive day: its report balances (every value
+    written or rejected with a reason) and InfluxDB holds what it says it wrote."""
+    settings, env = own_names
+    out = _shell(
+        [
+            *(AIRCAST, "backfill", "--archive", str(ARCHIVE)),
+            *("--from", "2019-03-02", "--to", "2019-03-02", "--no-dead-letters"),
+        ],
+        # A 2019 day is past the default 30 days of raw retention: keep it all here.
+        {**env, "AIRCAST_INFLUX__RAW_RETENTION": "INF"},
+    )
+    report = json.loads(next(ln for ln in reversed(out.splitlines()) if ln.startswith("{")))
+    written = report["readings_written"]
+    assert report["days"] == 1 and written > 1000, report
+    assert report["values"] == written + sum(report["rejected"].values()), report
+    # Counted by InfluxDB itself, over every measure of the domain's table.
+    with InfluxV1(settings.influx) as influx:
+
+        def stored(field: str, database: str) -> int:
+            return sum(
+                int(row["count"])
+                for m in MEASURES
+                for row in influx.rows(f'SELECT count("{field}") FROM "{m.name}"', database)
+            )
+
+        assert stored("value", settings.influx.raw_database) == written
+        aggregates = stored("mean", settings.influx.aggregates_database)
+    assert aggregates == report["aggregates_written"] > 0, report
+
+
+def test_aircast_simulate_serves_the_feed_until_ctrl_c() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [AIRCAST, "simulate", "--sensors", "50", "--port", str(port)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "simulator: 50 sensors" in proc.stdout.readline()
+        feed = httpx.get(f"http://127.0.0.1:{port}{FEED_PATH}", timeout=30).json()
+        sensors = {record["sensor"]["id"] for record in feed}
+        assert feed and 0 < len(sensors) <= 50
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    assert code == 0
+
+
+def test_aircast_stack_up_status_down_as_commands(tmp_path: Path) -> None:
+    env = {"AIRCAST_STACK__STATE_DIR": str(tmp_path / "state"), **ANY_PORT_ENV}
+    out = _shell([AIRCAST, "stack", "up", "--services", "redis,kafka"], env)
+    assert "redis" in out and "kafka" in out
+    try:
+        status = _shell([AIRCAST, "stack", "status"], env)
+        assert status.count("yes") == 2, status  # both healthy
+    finally:
+        down = _shell([AIRCAST, "stack", "down"], env)
+    assert "stack stopped" in down
+    assert "no stack was up" in _shell([AIRCAST, "stack", "down"], env)
+
+
+def test_aircast_serve_and_serve_down(stack_settings: Settings, stack_dir: Path) -> None:
+    port = free_port()
+    env = {"AIRCAST_STACK__STATE_DIR": str(stack_dir.resolve()), "AIRCAST_SERVE__PORT": str(port)}
+    out = _shell([AIRCAST, "serve"], env, timeout=600)
+    assert f"http://127.0.0.1:{port}/ui/" in out, out[-3000:]
+    health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
+    assert health.status_code == 200, health.text
+    assert "Serve shut down" in _shell([AIRCAST, "serve", "--down"], env, timeout=300)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)

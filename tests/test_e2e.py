@@ -136,7 +136,7 @@ def _after_next_snapshot(settings: Settings, seen: int, timeout_s: float = 90) -
         time.sleep(0.5)
 
 
-def _actor_pid(settings: Settings, class_name: str) -> int:
+def _actor_pids(settings: Settings, class_name: str) -> set[int]:
     from ray.util.state import list_actors
 
     actors = list_actors(
@@ -144,7 +144,7 @@ def _actor_pid(settings: Settings, class_name: str) -> int:
         filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
     )
     assert actors, f"no live {class_name}"
-    return int(actors[0].pid)
+    return {int(a.pid) for a in actors}
 
 
 def _service_pid(settings: Settings, name: str) -> int:
@@ -189,12 +189,51 @@ def _audited(settings: Settings, since: float, until: float, timeout_s: float = 
         time.sleep(5)
 
 
-DRILLS: dict[str, Callable[[Settings], int]] = {
-    "scraper actor": lambda s: _actor_pid(s, "Scraper"),
-    "flink task process": _flink_task_pid,
-    "collector actor": lambda s: _actor_pid(s, "CollectorActor"),
-    "influxd": lambda s: _service_pid(s, "influxdb"),
-    "redis-server": lambda s: _service_pid(s, "redis"),
+def _kill_while_busy(pid: int, timeout_s: float = 30.0) -> float:
+    """SIGKILL ``pid`` in the middle of work: once it used CPU in the last 0.1 s (a
+    drill on an idle victim proves nothing). Returns the CPU seconds it used in that
+    tenth of a second."""
+    proc = psutil.Process(pid)
+    deadline = time.monotonic() + timeout_s
+    last = sum(proc.cpu_times()[:2])
+    while True:
+        time.sleep(0.1)
+        now = sum(proc.cpu_times()[:2])
+        if now - last >= 0.01:
+            os.kill(pid, signal.SIGKILL)
+            return now - last
+        assert time.monotonic() < deadline, f"victim {pid} never busy in {timeout_s} s"
+        last = now
+
+
+def _restarted(settings: Settings, drill: str, before: set[int], timeout_s: float = 120) -> str:
+    """Proof that the victim's work was taken up again: as many processes of its kind
+    as before, one of them new (the actor restarted by Ray, the Flink task by its job,
+    the service by the stack's supervisor, which also counts it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            now = DRILLS[drill](settings)
+        except (AssertionError, psutil.Error):  # not back yet
+            now = set()
+        if len(now) >= len(before) and now - before:
+            if drill in ("influxd", "redis-server"):
+                name = "influxdb" if drill == "influxd" else "redis"
+                restarts = int(control.status(settings)[name]["restarts"])
+                assert restarts >= 1, control.status(settings)[name]
+                return f"{sorted(before)} -> {sorted(now)}, supervisor restarts={restarts}"
+            return f"{sorted(before)} -> {sorted(now)}"
+        assert time.monotonic() < deadline, f"{drill}: nothing took the victim's place"
+        time.sleep(1)
+
+
+# Each drill's processes: the victim is one of them.
+DRILLS: dict[str, Callable[[Settings], set[int]]] = {
+    "scraper actor": lambda s: _actor_pids(s, "Scraper"),
+    "flink task process": lambda s: {_flink_task_pid(s)},
+    "collector actor": lambda s: _actor_pids(s, "CollectorActor"),
+    "influxd": lambda s: {_service_pid(s, "influxdb")},
+    "redis-server": lambda s: {_service_pid(s, "redis")},
 }
 
 
@@ -206,8 +245,9 @@ def test_conservation_when_killed(run: Run, drill: str) -> None:
     before = _after_next_snapshot(settings, len(_snapshots(settings)))
     since = time.time()
     time.sleep(INTERVAL_S * 0.9)  # into the next snapshot
-    victim = DRILLS[drill](settings)
-    os.kill(victim, signal.SIGKILL)
+    pids = DRILLS[drill](settings)
+    busy_cpu_s = _kill_while_busy(min(pids))
+    restarted = _restarted(settings, drill, pids)
     during = _after_next_snapshot(settings, len(before))
     after = _after_next_snapshot(settings, len(during) + 1, timeout_s=180)
     until = time.time()
@@ -227,6 +267,7 @@ def test_conservation_when_killed(run: Run, drill: str) -> None:
     # shard retried after its scraper died may have produced records its first attempt
     # already marked seen (the retry reports them as seen, not produced).
     assert audit.raw_distinct >= produced, (drill, summary, after[len(before) :])
+    print(f"{drill}: killed with {busy_cpu_s:.2f} CPU-s in its last 0.1 s; {restarted}")
 
 
 def _job_driver_pid(entry_module: str) -> int:
