@@ -284,8 +284,8 @@ def _job_driver_pid(entry_module: str) -> int:
 
 
 def test_a_failed_job_is_resubmitted_and_nothing_is_lost(run: Run) -> None:
-    """The ingest job's driver killed -9 (as Ray's memory monitor killed its supervisor
-    in a soak): the job FAILED, `aircast run` resubmits it, and the audit of the span
+    """The ingest job's driver killed -9 (as Ray's memory monitor may kill a job's
+    supervisor): the job FAILED, `aircast run` resubmits it, and the audit of the span
     shows nothing lost or doubled."""
     settings = run.settings
     _wait_healthy(settings)

@@ -150,10 +150,9 @@ def test_a_body_json_reads_is_read_as_json_reads_it() -> None:
 def test_a_fetched_body_is_freed_without_a_cyclic_collection() -> None:
     """Once the snapshot is let go, so is the body it was parsed from, by reference
     counting alone. The coordinator parses with the garbage collector paused
-    (aircast.bulk), so anything waiting for a cyclic collection waits long: in the soak
-    of 2026-12-05 an httpx response (a reference cycle) kept each 188 MiB body: the
-    coordinator's low point rose by one a minute, 469 → 2,381 MiB, until a full
-    collection came."""
+    (aircast.bulk), so anything waiting for a cyclic collection waits long: a body kept
+    on an httpx response (which sits in a reference cycle) would stay until a full
+    collection, one network-size body more with every snapshot."""
     pad = b"x" * 200
     body = b"[" + b",".join(b'{"id": %d, "pad": "%s"}' % (i, pad) for i in range(20_000)) + b"]"
     with serving(body) as url:

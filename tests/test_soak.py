@@ -18,8 +18,8 @@ Checked, and written to ``<state>/soak.json`` (and printed) for the README:
   local in-memory broker, which holds every message by design (its growth is
   reported). The run keeps the ingest's seen-keys and the Flink job's dedupe state for
   ``TTL_S`` (10 minutes; by default 2 days and 2 hours): with the defaults both grow by
-  design for longer than any soak, and flatness could not tell that growth from a leak
-  (a full hour on 2026-11-29 showed exactly that);
+  design for longer than any soak, and flatness could not tell that growth from a
+  leak;
 * lag: the collectors' lag, sampled every ``LAG_SAMPLE_S``, touches zero in every
   span of two refresh intervals after warm-up (a snapshot comes each interval; the
   10-minute aggregates arrive in one burst at 10x, ~460,000 of them), i.e. after every
@@ -79,9 +79,8 @@ WINDOW_STATE_S = (
     AGGREGATE_WINDOW_S + _FLINK.watermark_out_of_orderness_s + _FLINK.allowed_lateness_s
 )
 # The Refresher's forecast cache (Redis, one key per sensor and measure) fills once the
-# first aggregates are in InfluxDB and a refresh period has passed: on 2026-12-04 it
-# still grew after a 27-minute warm-up (redis-server 367 → 578 MiB) and held 465,420
-# forecasts, one per series, at the end.
+# first aggregates are in InfluxDB and a refresh period has passed, so redis-server
+# grows until then by design: its bound is judged after this.
 FORECAST_FILL_S = WINDOW_STATE_S + ServeSettings().forecast_refresh_s
 # The local JVM's heap for the run: at 10x the network the job's state (the dedupe's
 # 10 minutes of ~3,200 readings/s, ~460,000 sensor-measure windows) wants more than the
@@ -264,8 +263,8 @@ def test_soak(tmp_path: Path) -> None:
         # Nothing more comes in: the ingest job is stopped (`aircast run` leaves a job
         # stopped on purpose stopped) and the network with it, so the drain and the
         # audit do not compete with new snapshots for the machine's memory and cores
-        # (on 2026-12-04 the broker and the network kept growing during the audit
-        # until Ray's memory monitor killed the jobs that were draining).
+        # (a broker and a network still growing during the audit can make Ray's memory
+        # monitor kill the jobs that are draining).
         _stop_ingest(settings)
         network.terminate()
         network.wait(timeout=30)
