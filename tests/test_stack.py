@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -440,3 +441,28 @@ def test_down_keeps_only_the_newest_ray_session_and_purge_keeps_none(tmp_path: P
         assert not temp.exists()
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_service_never_ready_is_started_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A service still running but not ready by the start timeout (a Ray head whose
+    raylet gave up waiting for its agent on a busy machine) is stopped, group and all,
+    and started afresh, up to the supervisor's attempts; the stack comes up."""
+    from aircast_cli.stack.services import Plan, Service
+    from aircast_cli.stack.supervisor import Running, Supervisor
+
+    first, ready = tmp_path / "first", tmp_path / "ready"
+    script = f"if [ -e {first} ]; then touch {ready}; else touch {first}; fi; exec sleep 60"
+    flaky = Service(name="flaky", argv=["sh", "-c", script], env={}, health=ready.exists)
+    supervisor = Supervisor(Plan(tmp_path / "state", (), {}, "aircast", "x"))
+    supervisor.running = [Running(flaky)]
+    caplog.set_level(logging.WARNING)
+    try:
+        assert supervisor.start(timeout_s=3.0)
+        assert first.exists() and ready.exists()
+        assert "service not ready, starting it again name=flaky" in caplog.text
+    finally:
+        supervisor.stop()
+    assert supervisor.running[0].process is not None
+    assert supervisor.running[0].process.poll() is not None

@@ -202,24 +202,26 @@ class Supervisor:
                 if self._wait_healthy(item, timeout_s):
                     break
                 code = item.process.poll() if item.process else None
-                if self.stopping or code is None or attempt == START_ATTEMPTS:
-                    # Still running but never ready, or out of attempts: give up.
+                if self.stopping or attempt == START_ATTEMPTS:
                     if item.process is not None:
                         kill_group(item.process.pid, grace_s=5.0, process=item.process)
                     self.error = (
                         f"{item.service.name} did not become healthy within {timeout_s:.0f}s"
                         + (f" (exited with {code})" if code is not None else "")
-                        + f"; see {self.plan.logs / (item.service.name + '.log')}"
+                        + f" in {attempt} attempts; see "
+                        + str(self.plan.logs / (item.service.name + ".log"))
                     )
                     item.status = "failed"
                     log.error("service failed name=%s error=%s", item.service.name, self.error)
                     self._publish()
                     return False
-                # Exited while starting (e.g. Ray's fixed 30 s raylet registration wait
-                # on a busy machine): clean up its group and try again.
+                # Exited while starting, or still running but never ready: on a busy
+                # machine one of Ray's own start-up waits (the raylet's for its agent,
+                # its registration with the GCS) can run out and leave a head that never
+                # comes up. Its whole group goes, and a fresh start is tried.
                 kill_group(item.process.pid, grace_s=5.0, process=item.process)  # type: ignore[union-attr]
                 log.warning(
-                    "service exited while starting name=%s exit=%s attempt=%d/%d",
+                    "service not ready, starting it again name=%s exit=%s attempt=%d/%d",
                     item.service.name,
                     code,
                     attempt,
