@@ -32,8 +32,10 @@ from aircast.settings import Settings, load_settings
 log = logging.getLogger(__name__)
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0.5, max_concurrency=4)  # type: ignore[call-overload]
 class CollectorActor:
+    """One collector's Ray actor (made through :data:`RemoteCollector`); the methods
+    marked ``@ray.method`` are what its handle offers."""
+
     def __init__(self, settings: Settings, index: int, partitions: list[tuple[str, int]]) -> None:
         logging.basicConfig(
             level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -60,13 +62,15 @@ class CollectorActor:
         self._lock = threading.Lock()
         log.info("collector ready index=%d partitions=%s pid=%d", index, partitions, os.getpid())
 
+    @ray.method
     def pid(self) -> int:
         return os.getpid()
 
+    @ray.method
     def run(self, until_idle_s: float | None = None) -> dict[str, Any]:
         self.collector.stopping = False
         self.collector.run(until_idle_s=until_idle_s, report=self._report)
-        return self.stats()
+        return self._stats()
 
     def _report(self) -> None:
         c = self.collector
@@ -84,10 +88,15 @@ class CollectorActor:
             for topic, behind in c.update_lag().items():
                 self.lag.set(behind, {"topic": topic})
 
+    @ray.method
     def stop(self) -> None:
         self.collector.stopping = True
 
+    @ray.method
     def stats(self) -> dict[str, Any]:
+        return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         s = self.collector.stats
         return {
             "index": self.index,
@@ -102,6 +111,13 @@ class CollectorActor:
             "last_write_at": s.last_write_at,
             "pid": os.getpid(),
         }
+
+
+# The actor class Ray makes of CollectorActor (its name in the dashboard stays
+# CollectorActor). max_concurrency: stop() and stats() are served while run() loops.
+RemoteCollector = ray.remote(CollectorActor).options(
+    max_restarts=-1, max_task_retries=0, num_cpus=0.5, max_concurrency=4
+)
 
 
 def assign_partitions(settings: Settings, actors: int) -> list[list[tuple[str, int]]]:
@@ -132,8 +148,7 @@ class Supervisor:
         ensure_topics(settings.kafka)
         self.assignment = assign_partitions(settings, settings.collect.actors)
         self.actors = [
-            CollectorActor.remote(settings, i, parts)  # type: ignore[attr-defined]
-            for i, parts in enumerate(self.assignment)
+            RemoteCollector.remote(settings, i, parts) for i, parts in enumerate(self.assignment)
         ]
         self.restarts = 0
 

@@ -24,6 +24,7 @@ from datetime import date
 from typing import Any
 
 import ray
+from ray.actor import ActorProxy
 from ray.util import metrics
 
 from aircast import options, telemetry
@@ -34,18 +35,22 @@ from aircast.influx import InfluxV1
 from aircast.ingest import IngestCounts, Ingestor, shard_of
 from aircast.kafka import ensure_topics
 from aircast.records import window_start
+from aircast.retry import Backoff, describe, retrying
 from aircast.settings import Settings, load_settings
 from aircast.simulator import SNAPSHOT_WINDOW_S, Network, SimulatorServer, current_window_end
 from aircast.sources import ArchiveSource, HttpSource, Snapshot, SourceError, probe
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_ATTEMPTS = 4  # one snapshot's ingest, with 2, 4, 8 s between attempts
+# One snapshot's ingest: 4 attempts, waiting 1-2, 2-4, then 4-8 s (aircast.retry).
+SNAPSHOT_ATTEMPTS = 4
+SNAPSHOT_BACKOFF = Backoff(first_s=2.0, max_s=8.0)
 
 
-@ray.remote(max_restarts=-1, max_task_retries=3, num_cpus=0.5)
 class Scraper:
-    """One shard's worker: its Kafka producer, Redis client and geocoder live here."""
+    """One shard's worker: its Kafka producer, Redis client and geocoder live here (a
+    Ray actor made through :data:`RemoteScraper`; ``@ray.method``: what its handle
+    offers)."""
 
     def __init__(self, settings: Settings, index: int) -> None:
         logging.basicConfig(
@@ -65,6 +70,7 @@ class Scraper:
             tag_keys=telemetry.DEAD_LETTERS.tags,
         )
 
+    @ray.method
     def process(self, records: list[Any], source: str) -> dict[str, Any]:
         counts = self.ingestor.process(records, source)
         if counts.produced:
@@ -78,8 +84,13 @@ class Scraper:
             self.dead.inc(n, {"stage": "ingest", "reason": reason})
         return counts.to_dict()
 
+    @ray.method
     def ping(self) -> int:
         return self.index
+
+
+# The actor class Ray makes of Scraper (its name in the dashboard stays Scraper).
+RemoteScraper = ray.remote(max_restarts=-1, max_task_retries=3, num_cpus=0.5)(Scraper)
 
 
 def _sources(settings: Settings, source: str, *, once: bool) -> Iterator[Snapshot | None]:
@@ -125,7 +136,7 @@ def _sources(settings: Settings, source: str, *, once: bool) -> Iterator[Snapsho
                 snapshot = None
             yield snapshot
             # Let go of it before fetching the next: a 10x network's parsed file is ~1
-            # GB of dicts, and holding two at once is what grew the coordinator.
+            # GB of dicts, and the coordinator must never hold two at once.
             snapshot = None
     finally:
         http.close()
@@ -195,7 +206,7 @@ class Shards:
     origin: str  # source:URL, as the scrapers record it
     source: str
     records: int
-    refs: list[tuple[Any, ray.ObjectRef[list[Any]]]]  # (scraper actor, its shard)
+    refs: list[tuple[ActorProxy[Scraper], ray.ObjectRef[list[Any]]]]  # (scraper, its shard)
 
 
 class Coordinator:
@@ -203,10 +214,7 @@ class Coordinator:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.scrapers = [
-            Scraper.remote(settings, i)  # type: ignore[attr-defined]
-            for i in range(settings.ingest.scrapers)
-        ]
+        self.scrapers = [RemoteScraper.remote(settings, i) for i in range(settings.ingest.scrapers)]
         ray.get([s.ping.remote() for s in self.scrapers])
         self.total = IngestCounts()
 
@@ -214,8 +222,8 @@ class Coordinator:
         """The snapshot's records split by sensor, one object per scraper in Ray's object
         store. The records are moved there, not copied: the snapshot's list is emptied,
         so the coordinator does not hold a 10x file's ~1 GB of dicts while the scrapers
-        work on their copies, nor through the wait for the next file (on 2026-12-04 it
-        held 1.6 GB all hour). The garbage collector is paused meanwhile
+        work on their copies, nor through the wait for the next file. The garbage
+        collector is paused meanwhile
         (:mod:`aircast.bulk`): the records are freed, never walked."""
         with collector_paused():
             shards: list[list[Any]] = [[] for _ in self.scrapers]
@@ -259,31 +267,25 @@ class Coordinator:
         marked seen only after they were produced); None if every attempt failed. The
         shards are put in the object store once and every attempt reads them there."""
         shards = self.shard(snapshot)
-        delay = 2.0
-        for attempt in range(1, SNAPSHOT_ATTEMPTS + 1):
-            try:
-                return self.ingest_shards(shards)
-            except ray.exceptions.RayError as exc:
-                if attempt == SNAPSHOT_ATTEMPTS:
-                    log.error(
-                        "snapshot given up source=%s records=%d attempts=%d error=%s "
-                        "(what is still in the feed is taken with the next snapshot)",
-                        shards.source,
-                        shards.records,
-                        attempt,
-                        exc,
-                    )
-                    return None
-                log.warning(
-                    "snapshot failed source=%s attempt=%d retry_in=%.0fs error=%s",
-                    shards.source,
-                    attempt,
-                    delay,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                )
-                time.sleep(delay)
-                delay *= 2
-        return None
+        policy = retrying(
+            attempts=SNAPSHOT_ATTEMPTS,
+            backoff=SNAPSHOT_BACKOFF,
+            retry_on=lambda exc: isinstance(exc, ray.exceptions.RayError),
+            log=log,
+            event=f"snapshot failed source={shards.source}",
+        )
+        try:
+            return policy(self.ingest_shards, shards)
+        except ray.exceptions.RayError as exc:
+            log.error(
+                "snapshot given up source=%s records=%d attempts=%d error=%s "
+                "(what is still in the feed is taken with the next snapshot)",
+                shards.source,
+                shards.records,
+                SNAPSHOT_ATTEMPTS,
+                describe(exc),
+            )
+            return None
 
     def _log_snapshot(self, source: str, counts: IngestCounts, seconds: float) -> None:
         log.info(

@@ -23,6 +23,7 @@ from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
 from aircast.errors import AircastError
 from aircast.localhost import free_port, port_is_free, ray_environment
+from aircast.retry import Backoff
 from aircast.settings import Settings, stack_file
 from serve.app import APP_NAME, build_app
 from serve.deploy import QUIET
@@ -35,16 +36,16 @@ APP_IMPORT_PATH = f"{build_app.__module__}:{build_app.__name__}"
 SERVE_DEPLOY_TIMEOUT_S = 300.0
 
 
-# A failed job is resubmitted after this long, doubled on each failure in a row (up to
-# the cap): a job that cannot start (bad settings) is retried slowly, not in a loop.
-RESUBMIT_BACKOFF_S = 5.0
-RESUBMIT_BACKOFF_MAX_S = 300.0
+# A failed job is resubmitted after up to 5 s, doubled on each failure in a row (up to
+# 300 s), with jitter (aircast.retry): a job that cannot start (bad settings) is retried
+# slowly, not in a loop.
+RESUBMIT_BACKOFF = Backoff(first_s=5.0, max_s=300.0)
 # A job that ran this long before it failed starts its backoff again from the first step.
 HEALTHY_RUN_S = 600.0
-# A failed Serve deploy is tried again after this long, doubling while it keeps failing:
-# the stack and the jobs keep running meanwhile, and the status line says when.
-REDEPLOY_BACKOFF_S = 10.0
-REDEPLOY_BACKOFF_MAX_S = 300.0
+# A failed Serve deploy is tried again after up to 10 s, doubling while it keeps failing
+# (up to 300 s): the stack and the jobs keep running meanwhile, and the status line
+# says when.
+REDEPLOY_BACKOFF = Backoff(first_s=10.0, max_s=300.0)
 
 
 @dataclass
@@ -131,8 +132,8 @@ class Running:
         return True
 
     def _serve_failed(self, exc: BaseException) -> None:
-        wait = min(REDEPLOY_BACKOFF_MAX_S, REDEPLOY_BACKOFF_S * 2**self.serve_failures)
         self.serve_failures += 1
+        wait = REDEPLOY_BACKOFF.wait(self.serve_failures)
         self.serve_retry_at = time.monotonic() + wait
         log.warning(
             "serve deploy failed app=%s attempt=%d error=%s; retrying in %.0f s",
@@ -200,8 +201,8 @@ class Running:
                 ran_s = ((info.end_time or 0) - (info.start_time or 0)) / 1000
                 if ran_s >= HEALTHY_RUN_S:
                     job.failures_in_row = 0
-                wait = min(RESUBMIT_BACKOFF_MAX_S, RESUBMIT_BACKOFF_S * 2**job.failures_in_row)
                 job.failures_in_row += 1
+                wait = RESUBMIT_BACKOFF.wait(job.failures_in_row)
                 job.retry_at = now + wait
                 log.warning(
                     "ray job failed name=%s id=%s ran_s=%.0f message=%r; resubmitting in %.0f s",
@@ -327,7 +328,8 @@ def deploy_serve(settings: Settings, running: Running) -> Settings:
     settings = settings.model_copy(
         update={"serve": settings.serve.model_copy(update={"port": port})}
     )
-    env = dict(running.runtime_env.get("env_vars", {}))  # type: ignore[call-overload]
+    env_vars = running.runtime_env.get("env_vars")
+    env = {str(k): str(v) for k, v in env_vars.items()} if isinstance(env_vars, dict) else {}
     env["AIRCAST_SERVE__PORT"] = str(port)
     running.serve = ServeSubmissionClient(settings.ray.dashboard_url)
     running.serve_config = serve_config(settings, env)
@@ -360,6 +362,7 @@ def stop(running: Running, timeout_s: float = 30.0) -> None:
     if running.serve is not None:
         try:
             # serve shutdown: the apps, proxies and controller.
+            # Ray's SDK leaves this method unannotated.
             running.serve.delete_applications()  # type: ignore[no-untyped-call]
         except RuntimeError as exc:
             log.warning("serve shutdown failed error=%s", exc)

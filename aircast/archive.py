@@ -47,7 +47,6 @@ import csv
 import gzip
 import logging
 import re
-import time
 from collections.abc import Iterable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -57,6 +56,7 @@ import httpx
 
 from aircast.errors import AircastError, InvalidRecord
 from aircast.records import parse_timestamp
+from aircast.retry import Backoff, TransientStatus, retry_after_s, retrying, transient_http
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ _HREF = re.compile(r"""href\s*=\s*["']([^"'?#]+)["']""", re.IGNORECASE)
 
 HTTP_TIMEOUT_S = 30.0
 HTTP_RETRIES = 3
+HTTP_BACKOFF = Backoff(first_s=0.5, max_s=8.0)
 
 
 class ArchiveError(AircastError):
@@ -107,28 +108,32 @@ def _is_url(source: str | Path) -> bool:
 
 
 def _get(client: httpx.Client, url: str) -> httpx.Response | None:
-    """GET with retries on transport errors and 5xx; ``None`` for 404."""
-    delay = 0.5
-    for attempt in range(1, HTTP_RETRIES + 2):
-        try:
-            response = client.get(url)
-        except httpx.TransportError as exc:
-            if attempt > HTTP_RETRIES:
-                raise ArchiveError(f"archive unreachable: {url}: {exc}") from exc
-            log.warning("archive get failed url=%s attempt=%d error=%s", url, attempt, exc)
-        else:
-            if response.status_code == 404:
-                return None
-            if response.status_code < 400:
-                return response
-            if response.status_code < 500 or attempt > HTTP_RETRIES:
-                raise ArchiveError(f"archive refused {url}: HTTP {response.status_code}")
-            log.warning(
-                "archive get url=%s status=%d attempt=%d", url, response.status_code, attempt
-            )
-        time.sleep(delay)
-        delay *= 2
-    raise AssertionError("unreachable")  # pragma: no cover
+    """GET under the retry policy (no answer, 429 and 5xx tried again); ``None`` for 404."""
+    policy = retrying(
+        attempts=HTTP_RETRIES + 1,
+        backoff=HTTP_BACKOFF,
+        retry_on=transient_http,
+        log=log,
+        event=f"archive get failed url={url}",
+    )
+    try:
+        return policy(_get_once, client, url)
+    except httpx.TransportError as exc:
+        raise ArchiveError(f"archive unreachable: {url}: {exc}") from exc
+    except TransientStatus as exc:
+        raise ArchiveError(f"archive refused {url}: HTTP {exc.status}") from exc
+
+
+def _get_once(client: httpx.Client, url: str) -> httpx.Response | None:
+    response = client.get(url)
+    status = response.status_code
+    if status == 404:
+        return None
+    if status < 400:
+        return response
+    if status == 429 or status >= 500:
+        raise TransientStatus(status, retry_after_s(response.headers.get("Retry-After")))
+    raise ArchiveError(f"archive refused {url}: HTTP {status}")
 
 
 def _decode(name: str, data: bytes) -> str:

@@ -62,9 +62,10 @@ SLICE_S = 3600  # InfluxDB is asked about at most an hour of readings at a time
 SUSPECTS_PER_QUERY = 100  # sensors whose points are read one by one, per query
 AUDIT_TIMEOUT_S = 600.0
 # At most about this many series per count query (a page of sensors: sensor_id mod
-# 10**k, as the Refresher reads histories), answered in chunks. One query over every
-# series of an hour at 10x the network (~100,000 a measure) had not answered after 29
-# minutes, influxd at its memory limit (the soak of 2026-12-04).
+# 10**k, as the Refresher reads histories), answered in chunks: influxd holds a query's
+# every series in memory while it answers, so one query over all of an hour's series at
+# 10x the network (~100,000 a measure) grows without bound, while a page's cost is
+# bounded by its size.
 SERIES_PER_QUERY = 2_000
 CHUNK_ROWS = 10_000
 

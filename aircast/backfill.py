@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aircast.archive import days, iter_day_records
+from aircast.errors import BackpressureError
 from aircast.geocode import Geocoder
 from aircast.influx import InfluxV1, duration_seconds, line_batches
 from aircast.records import (
@@ -42,10 +43,16 @@ from aircast.records import (
     split_record,
     window_start,
 )
+from aircast.retry import Backoff, retrying
 from aircast.settings import InfluxSettings
 from aircast.simulator import Network
 
 log = logging.getLogger(__name__)
+
+# A batch InfluxDB pushes back on is sent again after its Retry-After, this many times
+# in all (the backoff applies when the server gives no hint).
+BACKPRESSURE_ATTEMPTS = 10
+BACKPRESSURE_BACKOFF = Backoff(first_s=1.0, max_s=30.0)
 
 BATCH_LINES = 5_000
 # Readings this close to the retention edge are treated as beyond it: the edge moves
@@ -174,9 +181,19 @@ class Backfill:
             yield r.line()
 
     def _write(self, lines: Iterable[str], database: str) -> int:
+        """Write in batches; when InfluxDB pushes back (:class:`BackpressureError`) the
+        batch waits out its ``retry_after`` and is sent again, up to
+        ``BACKPRESSURE_ATTEMPTS`` times (the client itself retries only failures)."""
+        policy = retrying(
+            attempts=BACKPRESSURE_ATTEMPTS,
+            backoff=BACKPRESSURE_BACKOFF,
+            retry_on=lambda exc: isinstance(exc, BackpressureError),
+            log=log,
+            event=f"backfill write slowed down db={database}",
+        )
         written = 0
         for batch in line_batches(lines, self.batch_lines):
-            self.influx.write(batch, database, precision="s")
+            policy(self.influx.write, batch, database, precision="s")
             written += len(batch)
         return written
 

@@ -4,9 +4,8 @@ Parsing a snapshot (a network-size file: 19 MB of JSON, ~1M dicts, lists and str
 or working through a shard of it allocates containers fast enough to start a collection
 every 700 of them, and the fuller passes walk every live container, the snapshot's own
 included. JSON cannot make a reference cycle, so reference counting frees all of them;
-the passes only cost time. Measured here (2026-12-05): fetching and parsing that file
-0.13-0.14 s with the collector paused, 0.15-0.53 s without; sharding it into Ray's
-object store 0.08 s vs up to 0.39 s; a scraper's quarter of it 0.25 s vs 0.33-0.36 s.
+the passes only cost time, and with the collector paused parsing and sharding a file
+take steady times instead of up to several times as long (``make bench-ingest``).
 
 The pause is the process's (``gc`` has no other kind): a second thread's work in the
 meantime is not collected either, and whatever cycles anything made meanwhile are

@@ -5,16 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
 
 from aircast.settings import RedisSettings
 
 # A restarted redis-server is back within seconds, first refusing connections, then
-# answering LOADING while it reads its append-only file: retry through both (about
-# 15 s in all) rather than fail a scraper's snapshot.
-RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=10)
+# answering LOADING while it reads its append-only file: retry through both rather than
+# fail a scraper's snapshot. redis-py retries inside the client, per command, so its own
+# Retry is kept, with the backoff of aircast.retry: waits of 0.2, 0.4, 0.8, 1.6, then 2 s
+# each at most, each drawn from its upper half (equal jitter): 7.5 to 15 s in all.
+RETRY = Retry(EqualJitterBackoff(cap=2.0, base=0.1), retries=10)
 # OSError: a refused connect is a socket error, which redis-py does not retry by itself
 # (its stubs type this list as Redis errors only, hence Any).
 RETRY_ON: list[Any] = [BusyLoadingError, ConnectionError, TimeoutError, OSError]

@@ -11,8 +11,8 @@ the dead letters were acknowledged, so a crash replays the uncommitted tail
 (at-least-once). A replayed point has the same measurement, tags and time, so InfluxDB
 overwrites it: nothing is written twice (effectively exactly-once end to end).
 
-Writes are synchronous on purpose: a writer thread overlapping them with decoding was
-measured five times slower per write (the GIL starves the thread's HTTP round trips);
+Writes are synchronous on purpose: a writer thread overlapping them with decoding is
+slower per write, not faster (the GIL starves the thread's HTTP round trips);
 parallelism comes from several collector actors instead.
 
 Bad input, each kept with its reason in the dead-letter topic:
@@ -52,9 +52,13 @@ from aircast.records import (
     Aggregate,
     Reading,
 )
+from aircast.retry import Backoff, retrying
 from aircast.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# The longest wait between two attempts of a failed flush.
+MAX_BACKOFF_S = 30.0
 
 
 class Origin(Protocol):
@@ -171,8 +175,7 @@ class Collector:
         # End and committed offsets (lag, a one-shot run's floors) are asked through a
         # client of their own that never fetches: on the consuming client each query
         # waits behind a fetch's long poll on the broker connection (up to
-        # fetch.wait.max.ms, 500 ms, per partition: 3.8 s per lag report of 8 idle
-        # partitions, measured; the loop stood still meanwhile).
+        # fetch.wait.max.ms, 500 ms, per partition), and the loop stands still meanwhile.
         self.offsets = fast_consumer(settings.kafka, cfg.group_id)
         # Each partition starts at the group's committed offset (earliest if none).
         self.consumer.assign([TopicPartition(t, p, OFFSET_STORED) for t, p in partitions])
@@ -309,11 +312,11 @@ class Collector:
     def _gap(self, key: tuple[str, int], expected: int, offset: int) -> bool:
         """A message past the next offset: read the partition again from that offset
         (True), once per gap. A gap is normal where a transactional producer wrote (its
-        commit markers, and aborted records under read_committed, take offsets); but the
-        local broker (tansu) has also answered a fetch past a whole batch that was there
-        (39 readings, found when read again), and the collector committed past them:
-        lost without a word. Read again, a skipped batch comes;
-        real gaps come back the same, and are then taken as they are."""
+        commit markers, and aborted records under read_committed, take offsets); but a
+        broker (the local one, tansu) can answer a fetch past a whole batch that is
+        there, and committing past it would lose those records without a word. Read
+        again, a skipped batch comes; real gaps come back the same, and are then taken
+        as they are."""
         topic, partition = key
         if key in self._reread and self._reread[key][0] == expected:
             log.debug("gap kept topic=%s partition=%d offsets=%d..%d", *key, expected, offset - 1)
@@ -356,40 +359,31 @@ class Collector:
     def flush(self) -> None:
         """Flush every sink and the dead letters, then commit the consumed offsets.
 
-        On a storage failure consumption pauses and the flush is retried with backoff
-        until it succeeds or the collector is stopped (then nothing is committed and
-        the tail is replayed by whoever takes these partitions next).
+        On a storage failure consumption pauses and the flush is retried under
+        :mod:`aircast.retry` (exponential backoff with jitter; after back-pressure, the
+        server's ``retry_after``) until it succeeds or the collector is stopped (then
+        the error is raised, nothing is committed, and the tail is replayed by whoever
+        takes these partitions next).
         """
-        delay = self.settings.influx.backoff_s
         paused = False
-        while True:
-            try:
-                if not self._databases_ready:
-                    self.influx.ensure_databases()
-                    self._databases_ready = True
-                for sink in self.sinks.values():
-                    done = sink.flush()
-                    if done:
-                        self.stats.points[sink.database] = (
-                            self.stats.points.get(sink.database, 0) + done
-                        )
-                break
-            except StorageError as exc:
-                self.stats.storage_failures += 1
-                if not paused:
-                    self.consumer.pause(self.tps)
-                    paused = True
-                wait = exc.retry_after if isinstance(exc, BackpressureError) else delay
-                log.warning(
-                    "influx write failed buffered=%d retry_in=%.1fs error=%s",
-                    self.buffered,
-                    wait,
-                    exc,
-                )
-                if self.stopping:
-                    raise
-                time.sleep(wait)
-                delay = min(delay * 2, 30.0)
+
+        def failed(_exc: BaseException | None) -> None:
+            nonlocal paused
+            self.stats.storage_failures += 1
+            if not paused:
+                self.consumer.pause(self.tps)
+                paused = True
+
+        backoff_s = self.settings.influx.backoff_s
+        policy = retrying(
+            backoff=Backoff(backoff_s, max(backoff_s, MAX_BACKOFF_S)),
+            retry_on=lambda exc: isinstance(exc, StorageError),
+            stop_when=lambda: self.stopping,
+            on_failure=failed,
+            log=log,
+            event=lambda: f"influx write failed buffered={self.buffered}",
+        )
+        policy(self._flush_sinks)
         self.producer.flush()  # dead letters acknowledged before offsets move
         if self.positions:
             self.consumer.commit(
@@ -403,6 +397,15 @@ class Collector:
         self.stats.last_write_at = time.time()
         self._uncommitted = 0
         self._last_flush = time.monotonic()
+
+    def _flush_sinks(self) -> None:
+        if not self._databases_ready:
+            self.influx.ensure_databases()
+            self._databases_ready = True
+        for sink in self.sinks.values():
+            done = sink.flush()
+            if done:
+                self.stats.points[sink.database] = self.stats.points.get(sink.database, 0) + done
 
     def _floors(self) -> dict[tuple[str, int], int]:
         """End offset at the start of each partition with something left to read."""

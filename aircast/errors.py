@@ -6,7 +6,7 @@ AircastError
 ├── ProduceError         the broker refused a message or did not acknowledge it in time
 ├── BrokerError          the broker could not be reached to read a topic
 ├── StorageError         InfluxDB refused or could not be reached
-│   └── BackpressureError  the server asked us to slow down (HTTP 429/503); retry later
+│   └── BackpressureError  the server asks us to slow down (HTTP 429, 503 + Retry-After)
 └── InvalidRecord        one input record cannot be used; carries a dead-letter reason
 """
 

@@ -3,17 +3,18 @@ InfluxQL on ``/query`` (the v1 HTTP API of 1.x, the v1 compatibility API of 2.x,
 3.x). Flux is deliberately not used: 3.x dropped it.
 
 Auth: username/password as Basic auth (1.x), or a token as ``Authorization: Token``
-(2.x/3.x). Transient failures (connection errors, 5xx) are retried with exponential
-backoff; 429/503 surface as :class:`BackpressureError` with ``retry_after`` once the
-retries are spent; any other refusal is a :class:`StorageError` carrying the server's
-own message.
+(2.x/3.x). Transient failures (connection errors, 5xx) are retried under the policy of
+:mod:`aircast.retry` (``retries`` times, exponential backoff from ``backoff_s`` with
+jitter); 429, and 503 with ``Retry-After``, are back-pressure at once: a
+:class:`BackpressureError` with ``retry_after`` (the header, else ``backoff_s``), no
+retry in here. Any other refusal is a :class:`StorageError` carrying the server's own
+message.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,11 +22,13 @@ import httpx
 import orjson
 
 from aircast.errors import BackpressureError, ConfigError, StorageError
+from aircast.retry import Backoff, retry_after_s, retrying
 from aircast.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
 
-_BACKPRESSURE = {429, 503}
+# The longest wait between two attempts of one request.
+MAX_BACKOFF_S = 30.0
 
 
 _UNITS = {
@@ -82,6 +85,13 @@ class InfluxV1:
             auth=auth,
             timeout=settings.timeout_s,
         )
+        self._retrying = retrying(
+            attempts=settings.retries + 1,
+            backoff=Backoff(settings.backoff_s, max(settings.backoff_s, MAX_BACKOFF_S)),
+            retry_on=_transient,
+            log=log,
+            event=f"influx request failed url={settings.url}",
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -95,52 +105,35 @@ class InfluxV1:
     # -- low level ---------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempts = self.settings.retries + 1
-        delay = self.settings.backoff_s
-        for attempt in range(1, attempts + 1):
-            try:
-                response = self._http.request(method, path, **kwargs)
-            except httpx.TransportError as exc:
-                if attempt == attempts:
-                    raise StorageError(
-                        f"InfluxDB at {self.settings.url} unreachable after {attempts} "
-                        f"attempts: {exc}"
-                    ) from exc
-                log.warning(
-                    "influx unreachable attempt=%d/%d retry_in=%.1fs error=%s",
-                    attempt,
-                    attempts,
-                    delay,
-                    exc,
-                )
-            else:
-                status = response.status_code
-                if status < 400:
-                    return response
-                message = _error_text(response)
-                if status in _BACKPRESSURE or status >= 500:
-                    if attempt == attempts:
-                        if status in _BACKPRESSURE:
-                            retry_after = float(response.headers.get("Retry-After", delay))
-                            raise BackpressureError(
-                                f"InfluxDB asks to slow down ({status}): {message}",
-                                retry_after=retry_after,
-                                status=status,
-                            )
-                        raise StorageError(f"InfluxDB failed ({status}): {message}", status)
-                    log.warning(
-                        "influx status=%d attempt=%d/%d retry_in=%.1fs error=%s",
-                        status,
-                        attempt,
-                        attempts,
-                        delay,
-                        message,
-                    )
-                else:
-                    raise StorageError(f"InfluxDB refused ({status}): {message}", status)
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """One request under the retry policy (:mod:`aircast.retry`): no answer and 5xx
+        are tried again; back-pressure and any other refusal are raised at once."""
+        try:
+            return self._retrying(self._send, method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise StorageError(
+                f"InfluxDB at {self.settings.url} unreachable after "
+                f"{self.settings.retries + 1} attempts: {exc}"
+            ) from exc
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One attempt: the response below 400, else the error it means."""
+        response = self._http.request(method, path, **kwargs)
+        status = response.status_code
+        if status < 400:
+            return response
+        message = _error_text(response)
+        hint = retry_after_s(response.headers.get("Retry-After"))
+        # 429, and a 503 that says when to come back, are the server pacing us: the
+        # caller pauses (the collector stops consuming) instead of hammering it.
+        if status == 429 or (status == 503 and hint is not None):
+            raise BackpressureError(
+                f"InfluxDB asks to slow down ({status}): {message}",
+                retry_after=self.settings.backoff_s if hint is None else hint,
+                status=status,
+            )
+        if status >= 500:
+            raise StorageError(f"InfluxDB failed ({status}): {message}", status)
+        raise StorageError(f"InfluxDB refused ({status}): {message}", status)
 
     # -- API ---------------------------------------------------------------------
 
@@ -194,8 +187,8 @@ class InfluxV1:
             params.update(chunked="true", chunk_size=str(chunk_size))
         # POST: InfluxQL that changes state (CREATE, DROP) must not be a GET.
         response = self._request("POST", "/query", data=params)
-        # orjson: the audit of an hour at 10x decodes ~1 GB of answers (json took 87 %
-        # of its core for minutes); InfluxDB writes no NaN or big integers it refuses.
+        # orjson: an audit decodes answers of up to a gigabyte, where the stdlib's json
+        # is the bottleneck; InfluxDB writes no NaN or big integers orjson refuses.
         payloads = (
             [orjson.loads(line) for line in response.content.splitlines() if line.strip()]
             if chunk_size
@@ -266,6 +259,17 @@ class InfluxV1:
         clause = f" WHERE {where}" if where else ""
         rows = self.rows(f'SELECT count("value") FROM {quote_ident(measurement)}{clause}', database)
         return int(rows[0]["count"]) if rows else 0
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth another attempt: no answer, or a server error that is not back-pressure."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return (
+        isinstance(exc, StorageError)
+        and not isinstance(exc, BackpressureError)
+        and (exc.status or 0) >= 500
+    )
 
 
 def _same_series(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -33,13 +33,13 @@ _NS = 1_000_000_000
 # Sensors per InfluxQL statement when fetching histories (the OR list stays short).
 _SENSORS_PER_QUERY = 200
 # Queries over every sensor are answered in chunks of this many rows (see
-# InfluxV1.query): a history query over 100,000 series (a measure at 10x the network)
-# raised influxd's memory by 1.29 GB answered whole, by 0.66 GB in chunks.
+# InfluxV1.query): influxd then streams the answer instead of building it whole, which
+# for 100,000 series (a measure at 10x the network) is about half its memory.
 _CHUNK_ROWS = 10_000
 # Histories of every sensor are read in pages of about this many series (sensor_id
-# mod 10**k): at 10x the network one measure has ~100,000 series, and one query over
-# all of them held ~2 GB more of influxd's heap at each forecast refresh (soak,
-# 2026-12-03) while a page's cost is bounded by its size.
+# mod 10**k): at 10x the network one measure has ~100,000 series, and influxd holds a
+# query's every series on its heap while it answers (gigabytes for all of them), while
+# a page's cost is bounded by its size.
 _SERIES_PER_PAGE = 2_000
 _MAX_PAGE_DIGITS = 4
 
@@ -321,11 +321,10 @@ def forecast_lines(forecasts: Iterable[StoredForecast]) -> list[str]:
     """Line protocol for the predictions database, one point per horizon at the
     predicted window's start (so a forecast lines up with the aggregate it predicts).
 
-    No ``issued_at`` field: it is ``time - (horizon - 1) * AGGREGATE_WINDOW_S``. Stored,
-    it was a second cache entry for each of the ~1.4 million points a refresh writes at
-    10x the network (465,000 series); without it, four such refreshes into a fresh
-    influxd 1.6 took 5.8 s each instead of 9.5 s and left it holding 2.2 GiB of
-    anonymous memory instead of 3.2 (2026-12-05)."""
+    No ``issued_at`` field: it is ``time - (horizon - 1) * AGGREGATE_WINDOW_S``, and
+    stored it would be a second cache entry in influxd for each of the ~1.4 million
+    points a refresh writes at 10x the network (465,000 series): more time per refresh
+    and more of influxd's memory, for a value the time already gives."""
     lines: list[str] = []
     for f in forecasts:
         for horizon, value in sorted(f.values.items()):

@@ -160,8 +160,9 @@ def _coordinate(location: dict[str, Any], key: str, limit: float) -> float:
 def _record_id(value: Any) -> int | None:
     """The feed's record id if it is one: a non-negative integer within 64 bits (signed,
     as every consumer stores it), else None. It is informational, never a reason to
-    refuse a record; but an id beyond 64 bits, or a digit ``int()`` cannot read ("²"),
-    once failed the Flink job's split outright, and again after every restart."""
+    refuse a record; and an id beyond 64 bits, or a digit ``int()`` cannot read ("²"),
+    must not raise: in the Flink job's split an exception fails the job, and again
+    after every restart (the message is still there)."""
     if isinstance(value, int | str) and not isinstance(value, bool):
         text = str(value)
         if text.isascii() and text.isdecimal() and int(text) < 2**63:
@@ -712,10 +713,9 @@ def _tagset(
     longitude: float,
 ) -> str:
     # The coordinates are tags, not fields: a location's are fixed (a sensor moved gets
-    # a new location_id), so they add no series, while as two more fields they tripled
-    # the keys InfluxDB stores and snapshots (one per series and field). At 10x the
-    # network (460,000 series raw and as many aggregates) that was 2.2 times influxd's
-    # CPU and 1.7 times its memory (measured alone, 10 minutes of the soak's writes).
+    # a new location_id), so they add no series, while as two more fields they would
+    # triple the keys InfluxDB stores and snapshots (one per series and field), and
+    # with them influxd's CPU and memory.
     tags = (
         ("city", city),
         ("country", country),

@@ -290,13 +290,11 @@ class Network:
         body): consecutive files overlap (a 5-minute window refreshed every minute or
         less), so only the new readings are built; the rest are copied out of the
         previous body, where its index says they are."""
-        # One buffer, each record written into it as made. At 10x the network (203,000
-        # sensors, 420,000 records a file) the records kept as separate bytes objects
-        # until joined were small allocations on this thread's malloc arena, freed out
-        # of order, and the process kept the memory: measured alone over six files,
-        # 2,370 MiB of anonymous memory with a dict of the pieces beside the body,
-        # 1,960 with only this index, 340-380 written into one buffer (each file also
-        # built in 2.4 s instead of 3.0).
+        # One buffer, each record written into it as made: records kept as separate
+        # bytes objects until joined are small allocations on this thread's malloc
+        # arena, freed out of order, and the process keeps that memory (at 10x the
+        # network, 420,000 records a file, gigabytes of it); one buffer is freed whole,
+        # and is faster to build too.
         out = io.BytesIO()
         out.write(b"[")
         spans: dict[int, int] = {}
@@ -409,18 +407,16 @@ class _SimHTTPServer(ThreadingHTTPServer):
         self.clock = clock
         self._cache: tuple[int, Body] | None = None
         self._lock = threading.Lock()
-        # Every body is built on this one thread. Built on whichever request's thread
-        # asked first, each file's records came from that thread's malloc arena and
-        # were freed later from another's, and the allocator kept the memory: at 10x
-        # (203,000 sensors, 40 consecutive files, two clients) the process grew from
-        # 2,018 to 4,094 MiB; built here, to 2,425 (and since each file is written into
-        # one buffer, see Network.snapshot_body, to 340-380).
+        # Every body is built on this one thread: built on whichever request's thread
+        # asked first, a file's records would come from that thread's malloc arena and
+        # be freed later from another's, and the allocator keeps memory freed that way
+        # (see also Network.snapshot_body, which writes each file into one buffer).
         self._builder = ThreadPoolExecutor(1, thread_name_prefix="aircast-simulator-body")
 
     def body(self, window: int) -> bytes:
         # Built once per window (concurrent requests wait for it), from the previous
         # window's body: at 10x the network (200,000 sensors, 420,000 records a file)
-        # building every file from scratch took longer than a client's timeout.
+        # building every file from scratch takes longer than a client's timeout.
         with self._lock:
             if self._cache is None or self._cache[0] != window:
                 previous = self._cache[1] if self._cache is not None else None

@@ -4,8 +4,10 @@ Every source yields :class:`Snapshot` objects whose records are in the live API'
 ``data.json`` format, so one ingestion path serves all three.
 
 * :class:`HttpSource` — the live API (``ingest.live_url``) or the simulator's server at
-  the same path. Timeouts, retries with exponential backoff, and conditional GET
-  (``ETag``/``Last-Modified``): a 304 means nothing new, and nothing is fetched twice.
+  the same path. Timeouts, retries under :mod:`aircast.retry` (no answer, 429 and 5xx;
+  exponential backoff with jitter, or the server's ``Retry-After``), and conditional
+  GET (``ETag``/``Last-Modified``): a 304 means nothing new, and nothing is fetched
+  twice.
 * :class:`ArchiveSource` — daily archive CSVs (folder or http(s) base URL) turned into
   one snapshot per 5-minute window, optionally shifted in time so that the replayed
   span ends now (no reading lies in the future, and recent data stays inside the raw
@@ -29,8 +31,19 @@ import orjson
 from aircast.bulk import collector_paused
 from aircast.errors import AircastError
 from aircast.records import format_timestamp, parse_timestamp
+from aircast.retry import (
+    Backoff,
+    TransientStatus,
+    describe,
+    retry_after_s,
+    retrying,
+    transient_http,
+)
 
 log = logging.getLogger(__name__)
+
+# The longest wait between two attempts of one fetch.
+MAX_BACKOFF_S = 60.0
 
 
 class SourceError(AircastError):
@@ -60,6 +73,13 @@ class HttpSource:
         self.name = name
         self.retries = retries
         self.backoff_s = backoff_s
+        self._retrying = retrying(
+            attempts=retries + 1,
+            backoff=Backoff(backoff_s, max(backoff_s, MAX_BACKOFF_S)),
+            retry_on=transient_http,
+            log=log,
+            event=f"fetch failed source={name}",
+        )
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
             headers={
@@ -81,47 +101,42 @@ class HttpSource:
             headers["If-None-Match"] = self._etag
         if self._last_modified:
             headers["If-Modified-Since"] = self._last_modified
-        delay = self.backoff_s
-        for attempt in range(1, self.retries + 2):
-            try:
-                status, body, validators = self._get(headers)
-            except httpx.TransportError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            else:
-                if status == 304:
-                    return None
-                if status == 200:
-                    return self._snapshot(body, validators)
-                error = f"HTTP {status}"
-                if 400 <= status < 500 and status != 429:
-                    raise SourceError(f"{self.url} refused: {error}")
-            if attempt > self.retries:
-                raise SourceError(f"{self.url} failed after {attempt} attempts: {error}")
-            log.warning(
-                "fetch failed source=%s attempt=%d error=%s retry_in=%.1fs",
-                self.name,
-                attempt,
-                error,
-                delay,
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, 60.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return self._retrying(self._fetch_once, headers)
+        except (httpx.TransportError, TransientStatus) as exc:
+            raise SourceError(
+                f"{self.url} failed after {self.retries + 1} attempts: {describe(exc)}"
+            ) from exc
 
-    def _get(self, headers: dict[str, str]) -> tuple[int, bytes, tuple[str | None, str | None]]:
-        """Status, body (of a 200 only) and validators (ETag, Last-Modified).
+    def _fetch_once(self, headers: dict[str, str]) -> Snapshot | None:
+        """One GET: the snapshot, None for a 304; 429 and 5xx are
+        :class:`TransientStatus` (tried again), any other status a :class:`SourceError`."""
+        status, body, validators, hint = self._get(headers)
+        if status == 304:
+            return None
+        if status == 200:
+            return self._snapshot(body, validators)
+        if status == 429 or status >= 500:
+            raise TransientStatus(status, hint)
+        raise SourceError(f"{self.url} refused: HTTP {status}")
+
+    def _get(
+        self, headers: dict[str, str]
+    ) -> tuple[int, bytes, tuple[str | None, str | None], float | None]:
+        """Status, body (of a 200 only), validators (ETag, Last-Modified) and the
+        ``Retry-After`` hint in seconds.
 
         The body is read into bytes of its own, never kept on an ``httpx.Response``: a
         response sits in a reference cycle (with its stream), so what it holds is freed
-        only by a cyclic collection, and with the collector paused around parsing
-        (:mod:`aircast.bulk`) those came seldom: in the soak of 2026-12-05 the
-        coordinator's low point rose by one 188 MiB body a minute (469 → 2,381 MiB in 10
-        minutes) until a full collection came. Bytes of its own are freed once the
-        snapshot is parsed."""
+        only by a cyclic collection, and with the garbage collector paused around
+        parsing (:mod:`aircast.bulk`) those come seldom: every snapshot's body (a
+        network-size one is ~200 MiB) would stay until the next full collection. Bytes
+        of its own are freed by reference counting once the snapshot is parsed."""
         with self._http.stream("GET", self.url, headers=headers) as response:
             body = b"".join(response.iter_bytes()) if response.status_code == 200 else b""
             validators = (response.headers.get("ETag"), response.headers.get("Last-Modified"))
-            return response.status_code, body, validators
+            hint = retry_after_s(response.headers.get("Retry-After"))
+            return response.status_code, body, validators, hint
 
     def _snapshot(self, body: bytes, validators: tuple[str | None, str | None]) -> Snapshot:
         try:
@@ -137,9 +152,9 @@ class HttpSource:
 
 
 def _loads(body: bytes) -> Any:
-    """The body's JSON: orjson (a network-size file, 19 MB, in 0.55 s instead of 0.7, in
-    the coordinator before any scraper starts), else json: it also reads NaN, infinities
-    and integers beyond 64 bits, which orjson refuses, and words the errors."""
+    """The body's JSON: orjson (faster than json on a network-size body, which the
+    coordinator parses before any scraper starts), else json: it also reads NaN,
+    infinities and integers beyond 64 bits, which orjson refuses, and words the errors."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:

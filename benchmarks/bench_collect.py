@@ -16,12 +16,16 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console
 
 from benchmarks._common import emit, private_stack
+
+if TYPE_CHECKING:
+    from aircast.records import Reading
 
 POINTS = 300_000
 BATCH = 5_000
@@ -30,7 +34,7 @@ BATCH = 5_000
 ROUNDS = 3
 
 
-def readings(n: int) -> list:  # type: ignore[type-arg]
+def readings(n: int) -> list[Reading]:
     from aircast.records import Reading
 
     rng = random.Random(3)
@@ -139,6 +143,7 @@ def main() -> None:
             results = supervisor.run(until_idle_s=2.0)
             elapsed = max(r["last_write_at"] for r in results) - t0
             for actor in supervisor.actors:
+                assert isinstance(actor, ray.actor.ActorHandle)  # Ray types it as a union
                 ray.kill(actor)
             written = sum(r["points"].get(influx.raw_database, 0) for r in results)
             assert written == POINTS, results
@@ -155,12 +160,12 @@ def main() -> None:
             with httpx.Client(base_url=influx.url, auth=auth, timeout=30) as http:
                 t0 = time.perf_counter()
                 for i in range(0, len(lines), BATCH):
-                    r = http.post(
+                    response = http.post(
                         "/write",
                         params={"db": f"bench_ceiling_{round_}", "precision": "s"},
                         content="\n".join(lines[i : i + BATCH]).encode(),
                     )
-                    r.raise_for_status()
+                    response.raise_for_status()
                 rates_raw.append(POINTS / (time.perf_counter() - t0))
             console.print(
                 f"round {round_ + 1}: collector actors {rates_collect[-1]:,.0f} pts/s, "

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,6 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console
 
 from benchmarks._common import emit, private_stack
+
+if TYPE_CHECKING:
+    from actors.collect import Supervisor
+    from aircast.influx import InfluxV1
 
 REPO = Path(__file__).resolve().parent.parent
 PEER_PYTHON = REPO / ".venv-peer" / "bin" / "python"
@@ -46,25 +50,27 @@ ROUNDS = 3
 STALL_S = 120
 
 
-def count_points(influx, database: str, measures: list[str], since: int, until: int) -> int:  # type: ignore[no-untyped-def]
+def count_points(
+    influx: InfluxV1, database: str, measures: list[str], since: int, until: int
+) -> int:
     names = ",".join(f'"{m}"' for m in measures)
     span = f"time >= {since}s AND time <= {until}s"
     rows = influx.rows(f'SELECT count("value") FROM {names} WHERE {span}', database)
     return sum(int(r["count"]) for r in rows)
 
 
-def collector_stats(supervisor) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+def collector_stats(supervisor: Supervisor) -> list[dict[str, Any]]:
     import ray
 
     return list(ray.get([a.stats.remote() for a in supervisor.actors]))
 
 
-def points_written(supervisor, database: str) -> int:  # type: ignore[no-untyped-def]
+def points_written(supervisor: Supervisor, database: str) -> int:
     """Points InfluxDB has acknowledged from the collector actors, into ``database``."""
     return sum(int(s["points"].get(database, 0)) for s in collector_stats(supervisor))
 
 
-def refetched(supervisor) -> int:  # type: ignore[no-untyped-def]
+def refetched(supervisor: Supervisor) -> int:
     """Offsets a fetch had skipped that the collectors read again (see Collector._gap)."""
     return sum(int(s["refetched"]) for s in collector_stats(supervisor))
 

@@ -2,7 +2,7 @@
 deduped → geocoded → produced and acknowledged by the broker, on Ray scraper actors;
 beside it, in the same run and from one process, the same payloads sent by a raw
 kafka-python producer (the ceiling the ingestion issue set) and by a raw producer of
-the client the scrapers use since 2026-11-29 (librdkafka, confluent-kafka). Also: cold
+the client the scrapers use (librdkafka, confluent-kafka). Also: cold
 and warm geocoding of the snapshot's locations.
 
 Last line: one JSON object with records/s of each, ratio = aircast / raw kafka-python
@@ -88,6 +88,7 @@ def main() -> None:
             aircast_rates.append(n / elapsed)
             counts.append(result.to_dict())
             for a in coordinator.scrapers:
+                assert isinstance(a, ray.actor.ActorHandle)  # Ray types it as a union
                 ray.kill(a)
 
             # The ceilings: the same payloads (records as the scrapers produce them) from

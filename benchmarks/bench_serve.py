@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import shutil
@@ -37,8 +38,11 @@ from pydantic import SecretStr  # noqa: E402
 from aircast.errors import StackError  # noqa: E402
 from aircast.influx import InfluxV1  # noqa: E402
 from aircast.records import AGGREGATE_WINDOW_S, Aggregate  # noqa: E402
+from aircast.retry import Backoff, retrying  # noqa: E402
 from aircast.settings import Settings, StackSettings  # noqa: E402
 from aircast_cli.stack import control  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 CONCURRENCY = 32
 SENSORS = 200
@@ -82,17 +86,17 @@ def deploy_noop(settings: Settings) -> None:
 
     noop = FastAPI()
 
-    @serve.deployment(
-        num_replicas=settings.serve.replicas,
-        max_ongoing_requests=settings.serve.max_ongoing_requests,
-    )
-    @serve.ingress(noop)
     class NoOp:
         @noop.get("/ping", response_model=None)
         async def ping(self) -> dict[str, str]:
             return {"status": "ok"}
 
-    serve.run(NoOp.bind(), name="noop", route_prefix="/noop", logging_config=QUIET)  # type: ignore[attr-defined]
+    # Applied as calls, not as class decorators: mypy keeps a decorated class's own type.
+    deployment = serve.deployment(
+        num_replicas=settings.serve.replicas,
+        max_ongoing_requests=settings.serve.max_ongoing_requests,
+    )(serve.ingress(noop)(NoOp))
+    serve.run(deployment.bind(), name="noop", route_prefix="/noop", logging_config=QUIET)
 
 
 def wait_for_forecasts(base: str, timeout_s: float = 180.0) -> None:
@@ -154,15 +158,22 @@ def combine(rounds: list[dict[str, float]]) -> dict[str, float]:
 def start_stack(base: Settings, attempts: int = 3) -> None:
     """Our own stack (no Kafka needed). On a loaded machine Ray's head sometimes gives
     up waiting for its own agents; a fresh start usually succeeds."""
-    for attempt in range(1, attempts + 1):
+
+    def up() -> None:
         try:
             control.up(base, services=("redis", "influxdb", "ray"))
-            return
-        except StackError as exc:
+        except StackError:
             control.down(base)
-            if attempt == attempts:
-                raise
-            print(f"stack start failed (attempt {attempt}/{attempts}): {exc}", file=sys.stderr)
+            raise
+
+    policy = retrying(
+        attempts=attempts,
+        backoff=Backoff(first_s=2.0, max_s=10.0),
+        retry_on=lambda exc: isinstance(exc, StackError),
+        log=log,
+        event="stack start failed",
+    )
+    policy(up)
 
 
 def run(state_dir: Path) -> dict[str, Any]:
@@ -200,7 +211,7 @@ def run(state_dir: Path) -> dict[str, Any]:
                 forecast_rounds.append(asyncio.run(drive(forecast_urls, REQUESTS)))
                 print("round", {"noop": noop_rounds[-1], "forecast": forecast_rounds[-1]})
         finally:
-            serve.shutdown()  # type: ignore[no-untyped-call]
+            serve.shutdown()  # type: ignore[no-untyped-call]  # unannotated in Ray Serve
     finally:
         control.down(base)
     forecast, noop = combine(forecast_rounds), combine(noop_rounds)

@@ -23,19 +23,16 @@ builds) turns a clean record (every check passes, every field in a form whose Py
 reading is certain: nearly every valid real record) into its readings in the JVM, the
 rows the domain's split makes byte for byte (tests/test_flink_fast_split.py); every
 other message goes to the one Python operator, the split of the domain model, which
-decides what is valid and why not (the README has what it measured). The dedupe
+decides what is valid and why not. The dedupe
 (``aircast.flink.FirstSeen``) and the windows (``aircast.flink.Windows``) are JVM
 functions too, keyed by reading key and chained; the sinks and the ``duplicate`` and
 ``late`` letters are Flink SQL. The aggregates' JSON is laid out and the letters' SQL
 generated from the domain's dataclasses (:mod:`flink.transforms`). The Python runs in
 the JVM's threads (``flink.execution_mode`` "thread", PyFlink's embedded interpreter).
-History, measured by ``make bench-flink`` against an identity PyFlink job: a separate
-Python dedupe and PyFlink's Python window operator, 1/15; one Python function keyed by
-sensor with its own state and timers (every state access and timer a call from Python
-into the JVM), 0.15; the dedupe and windows in Flink SQL, 0.65-0.70 on 2026-11-29 (three
-runs, each the best of three rounds; the local JVM with the parallel collector); this,
-0.42 on 2026-12-05, when the job ran 1.7x as fast as on 2026-11-29 and the identity job
-3.8-4.8x (the README has the runs).
+Why so much is in the JVM: every call between Python and the JVM (a state access, a
+timer, a record handed over) costs more than the work it does, so the Python left is
+one pass per record for the messages the fast lane leaves. ``make bench-flink`` compares
+the job with an identity PyFlink job; its history is kept with the benchmark's runs.
 
 **One keyed readings topic**, not one topic per measure as in the original: the key
 ``<sensor_id>:<measure>`` keeps each sensor's measure in order on one partition, a new
@@ -77,16 +74,21 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from aircast.settings import Settings, load_settings
 from flink.config import JOB_NAME, flink_configuration, lane_jar, latest_checkpoint
+
+if TYPE_CHECKING:  # PyFlink is imported at run time only where the job runs
+    from pyflink.common import JobClient
+    from pyflink.datastream import StreamExecutionEnvironment
 
 log = logging.getLogger("flink.job")
 
 _TERMINAL = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
 
 
-def build(settings: Settings, resume_from: Path | None) -> object:
+def build(settings: Settings, resume_from: Path | None) -> StreamExecutionEnvironment:
     """The configured execution environment with the whole topology attached."""
     from flink.topology import attach, environment
 
@@ -145,7 +147,7 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     env = build(settings, resume_from)
-    client = env.execute_async(JOB_NAME)  # type: ignore[attr-defined]
+    client = env.execute_async(JOB_NAME)
     log.info("flink job submitted job_id=%s", client.get_job_id())
     status = ""
     last_checkpoint = resume_from
@@ -176,10 +178,10 @@ def run(settings: Settings) -> int:
     return 0
 
 
-def _finished(client: object, status: str) -> int:
+def _finished(client: JobClient, status: str) -> int:
     if status == "FAILED":
         try:
-            client.get_job_execution_result().result()  # type: ignore[attr-defined]
+            client.get_job_execution_result().result()
         except Exception as exc:  # the Java failure, for the log
             log.error("flink job failed (restart attempts exhausted) error=%s", exc)
         return 1

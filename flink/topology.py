@@ -18,12 +18,12 @@ Two lanes for the split, the dedupe and windows in the JVM, then Flink SQL:
   (:func:`flink.transforms.letter_json_sql`) from the domain's dataclasses, so their
   shape is defined once, in :mod:`aircast.records`.
 
-Why the JVM: a Python keyed function with state and timers cost ~790 µs a record (every
-state access and timer a call from Python into the JVM); the same work in Flink's own
-operators costs a fraction of that, and the Python left is one pass per record for the
-messages the fast lane leaves. The dedupe and the windows were Flink SQL until
-2026-12-05: a count over (key, time) with a state TTL was about a quarter of the job's
-time, the window aggregate over a third of what was left (the README has the figures).
+Why the JVM: a Python keyed function with state and timers pays a call from Python into
+the JVM for every state access and timer; the same work in Flink's own operators costs a
+fraction of that, and the Python left is one pass per record for the messages the fast
+lane leaves. The dedupe and the windows are JVM functions rather than Flink SQL: SQL's
+count over (key, time) with a state TTL and its window aggregate cost several times the
+keyed functions' state work.
 
 Allowed lateness: a window fires once, when the watermark passes its end.
 The watermark is held back by the out-of-orderness *and* the allowed lateness, so a
