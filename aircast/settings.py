@@ -65,12 +65,10 @@ class KafkaSettings(BaseModel):
     replication_factor: int = Field(default=1, ge=1)
     # Every producer (scrapers, the Flink job's sinks, dead letters, backfills) sends
     # batches compressed with this, and brokers store them as sent. The messages are
-    # JSON, and a batch holds many records of the same shape: zstd keeps about half
-    # of lz4's bytes for about the same CPU (measured against the local in-memory
-    # broker on 2026-12-05, simulated records: raw 466 bytes a record uncompressed,
-    # ~135 with lz4, ~64 with zstd; readings ~61 and ~38), and a broker keeps what it
-    # is sent. The choices are the codecs every client here (librdkafka, kafka-python
-    # with zstandard, Java with zstd-jni) reads.
+    # JSON, and a batch holds many records of the same shape: zstd keeps about half of
+    # lz4's bytes for about the same CPU (raw records ~7x smaller than uncompressed),
+    # and a broker keeps what it is sent. The choices are the codecs every client here
+    # (librdkafka, kafka-python with zstandard, Java with zstd-jni) reads.
     compression: Literal["none", "gzip", "lz4", "zstd"] = "zstd"
 
 
@@ -132,12 +130,10 @@ class StackSettings(BaseModel):
     services: tuple[str, ...] = ("redis", "kafka", "influxdb", "ray", "flink")
     startup_timeout_s: float = Field(default=90.0, gt=0)
     # influxd's Go heap target (GOMEMLIMIT, MiB; 0 leaves Go's default). Without one its
-    # heap followed each heavy query at 10x the network (1.9 -> 7.6 GB in 40 minutes),
-    # and on one machine its growth is paid for by Ray's memory monitor killing Ray
-    # workers; 2 GiB made it collect without end (thrashed). At 4 GiB it sat at the
-    # target through every 10x hour (medians 4,039-4,117 MiB), where Go collects often,
-    # and its cache snapshots took 135-190 s; at 6 GiB they took 52-106 s and the 10x
-    # hour kept up (README, soak of 2026-12-06: heap peak 5.7 GiB, GC 8 % of its CPU).
+    # heap follows each heavy query at 10x the network, and on one machine that growth
+    # is paid for by Ray's memory monitor killing Ray workers. The target must sit above
+    # what a 10x hour keeps live (about 5.7 GiB): too low a target (2-4 GiB) has Go
+    # collecting all the time on the cores the writes need (docs/operations.md).
     influx_memory_limit_mb: int = Field(default=6144, ge=0)
 
     @field_validator("services", mode="before")
