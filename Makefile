@@ -66,13 +66,16 @@ run: setup
 	$(VENV)/bin/aircast run
 
 # Two workers, a file at a time each (a file's module fixtures stay on one worker);
-# each worker starts its own session stack on free ports.
+# each worker starts its own session stack on free ports. Then, alone, the tests that
+# load the whole machine on purpose (the newcomer's make run with both cores spinning):
+# beside the other worker's drills they would measure each other.
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 test: setup
-	$(VENV)/bin/python -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(XDIST) -m "not soak and not exclusive" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "exclusive" $(PYTEST_ARGS)
 
 # The inner loop: what needs no server, browser or Flink mini-cluster.
-FAST := not soak and not slow and not servers and not flink and not browser
+FAST := not soak and not slow and not servers and not flink and not browser and not exclusive
 test-fast: venvs
 	$(VENV)/bin/python -m pytest -m "$(FAST)" $(PYTEST_ARGS)
 

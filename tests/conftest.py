@@ -32,8 +32,8 @@ SERVER_FIXTURES = frozenset({"stack_dir", "stack_settings", "ray_session"})
 # the short files fill in around them instead of one long file starting last.
 LONGEST_FIRST = (
     "test_e2e.py",
-    "test_newcomer.py",
     "test_flink_job.py",
+    "test_keep.py",
     "test_training.py",
     "test_commands.py",
     "test_serve_api.py",

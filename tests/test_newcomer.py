@@ -28,7 +28,7 @@ from aircast.localhost import free_port
 
 from .helpers import AircastRun
 
-pytestmark = [pytest.mark.slow, pytest.mark.flink]
+pytestmark = [pytest.mark.slow, pytest.mark.flink, pytest.mark.exclusive]
 
 STATUS = re.compile(r"ingest=(\S+) collect=(\S+) serve=(\S+)")
 
