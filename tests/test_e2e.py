@@ -270,15 +270,22 @@ def test_conservation_when_killed(run: Run, drill: str) -> None:
     print(f"{drill}: killed with {busy_cpu_s:.2f} CPU-s in its last 0.1 s; {restarted}")
 
 
-def _job_driver_pid(entry_module: str) -> int:
-    """The job's driver: the Python process running its entrypoint (not the shell)."""
-    found = [
-        p.pid
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if (cmd := p.info["cmdline"] or [])
-        and "python" in cmd[0].rsplit("/", 1)[-1]
-        and cmd[-2:] == ["-m", entry_module]
-    ]
+def _job_driver_pid(settings: Settings, entry_module: str) -> int:
+    """The job's driver on this run's cluster: the Python process running its
+    entrypoint (not the shell), with this cluster's ``RAY_ADDRESS`` (another test's Ray
+    head on the machine may run the same module)."""
+    wanted = f"RAY_ADDRESS={settings.ray.address}"
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if not (cmd and "python" in cmd[0].rsplit("/", 1)[-1] and cmd[-2:] == ["-m", entry_module]):
+            continue
+        try:
+            environ = Path(f"/proc/{p.pid}/environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if wanted in environ.split("\0"):
+            found.append(p.pid)
     assert len(found) == 1, found
     return found[0]
 
@@ -292,7 +299,7 @@ def test_a_failed_job_is_resubmitted_and_nothing_is_lost(run: Run) -> None:
     _after_next_snapshot(settings, len(_snapshots(settings)))
     since = time.time()
     time.sleep(INTERVAL_S * 0.5)  # into the next snapshot
-    os.kill(_job_driver_pid("actors.ingest"), signal.SIGKILL)
+    os.kill(_job_driver_pid(settings, "actors.ingest"), signal.SIGKILL)
     deadline = time.monotonic() + 120
     while "ray job ingest failed: resubmitted" not in run.app.out:
         assert time.monotonic() < deadline, run.app.out[-3000:]
@@ -370,8 +377,8 @@ def test_a_restarted_ray_head_gets_the_pipeline_back(run: Run) -> None:
         assert time.monotonic() < deadline + 300, run.app.out[-3000:]
         time.sleep(1)
     # One driver per job: the old head's went with it (else two ingests would race).
-    _job_driver_pid("actors.ingest")
-    _job_driver_pid("actors.collect")
+    _job_driver_pid(settings, "actors.ingest")
+    _job_driver_pid(settings, "actors.collect")
 
     audit = _audited(settings, since - SNAPSHOT_WINDOW_S, until)
     summary = audit.summary()
