@@ -215,20 +215,21 @@ def test_kill_a_collector_actor_mid_stream(ray_session: Settings) -> None:
 def test_influxd_restarted_mid_stream(ray_session: Settings) -> None:
     settings = fresh(ray_session)
     readings = make_readings(40, 60, seed=2)  # 4,800 readings
+    first, rest = readings[:1200], readings[1200:]
     _supervisor, thread, results = start_collectors(settings, until_idle_s=10)
+    produce_stream(settings, first, [], [], chunks=10, pause_s=0.05)
+    wait_for_points(settings, 500)
+    influxd = control.status(ray_session)["influxdb"]["pid"]
+    os.kill(influxd, signal.SIGSTOP)  # hung: writes time out
+    # The rest of the stream comes while influxd is hung, then gone and restarted: the
+    # order is built in, however fast or slow the machine.
     producer_thread = threading.Thread(
         target=produce_stream,
-        args=(settings, readings, [], []),
-        # ~12 s of stream: influxd must stop while readings still come (it once stopped
-        # after the last was written, on a loaded machine, and no write failed).
-        kwargs={"chunks": 40, "pause_s": 0.3},
+        args=(settings, rest, [], []),
+        kwargs={"chunks": 30, "pause_s": 0.2},
         daemon=True,
     )
     producer_thread.start()
-    wait_for_points(settings, 500)
-    assert producer_thread.is_alive(), "the stream ended before influxd was stopped"
-    influxd = control.status(ray_session)["influxdb"]["pid"]
-    os.kill(influxd, signal.SIGSTOP)  # hung: writes time out
     time.sleep(4)
     os.kill(influxd, signal.SIGKILL)  # then gone: the stack supervisor restarts it
     os.kill(influxd, signal.SIGCONT)

@@ -185,22 +185,22 @@ def test_aircast_backfill_loads_an_archive_day_and_balances(
 
 def test_aircast_simulate_serves_the_feed_until_ctrl_c() -> None:
     port = free_port()
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [AIRCAST, "simulate", "--sensors", "50", "--port", str(port)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert "simulator: 50 sensors" in proc.stdout.readline()
-        feed = httpx.get(f"http://127.0.0.1:{port}{FEED_PATH}", timeout=30).json()
-        sensors = {record["sensor"]["id"] for record in feed}
-        assert feed and 0 < len(sensors) <= 50
-    finally:
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert "simulator: 50 sensors" in proc.stdout.readline()
+            feed = httpx.get(f"http://127.0.0.1:{port}{FEED_PATH}", timeout=30).json()
+            sensors = {record["sensor"]["id"] for record in feed}
+            assert feed and 0 < len(sensors) <= 50
+        finally:
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=30)
     assert code == 0
 
 
