@@ -320,8 +320,15 @@ class ErrorSums:
     n: dict[int, int] = field(default_factory=dict)
     abs: dict[str, dict[int, float]] = field(default_factory=dict)
     sq: dict[str, dict[int, float]] = field(default_factory=dict)
+    # Origins whose actual value fell inside the served 10 %-90 % interval.
+    covered: dict[int, int] = field(default_factory=dict)
 
-    def add(self, actual: Array, forecasts: dict[str, Array]) -> None:
+    def add(
+        self,
+        actual: Array,
+        forecasts: dict[str, Array],
+        interval: tuple[Array, Array] | None = None,
+    ) -> None:
         """Score on the origins where the actual value and every forecast exist."""
         ok = np.isfinite(actual)
         for f in forecasts.values():
@@ -329,6 +336,10 @@ class ErrorSums:
         for j, h in enumerate(self.horizons):
             col = ok[:, j]
             self.n[h] = self.n.get(h, 0) + int(col.sum())
+            if interval is not None:
+                lo, hi = interval[0][col, j], interval[1][col, j]
+                inside = (actual[col, j] >= lo) & (actual[col, j] <= hi)
+                self.covered[h] = self.covered.get(h, 0) + int(inside.sum())
             for name, f in forecasts.items():
                 err = f[col, j] - actual[col, j]
                 self.abs.setdefault(name, {})[h] = self.abs.get(name, {}).get(h, 0.0) + float(
@@ -341,6 +352,8 @@ class ErrorSums:
     def merge(self, other: ErrorSums) -> None:
         for h, n in other.n.items():
             self.n[h] = self.n.get(h, 0) + n
+        for h, c in other.covered.items():
+            self.covered[h] = self.covered.get(h, 0) + c
         for table, theirs in ((self.abs, other.abs), (self.sq, other.sq)):
             for name, per_h in theirs.items():
                 mine = table.setdefault(name, {})
@@ -358,6 +371,10 @@ class ErrorSums:
                 row[f"{name}_rmse"] = math.sqrt(self.sq[name][h] / n) if n else math.nan
             if "model_mae" in row and "persistence_mae" in row:
                 row["skill"] = skill(row["model_mae"], row["persistence_mae"])
+            if "served_mae" in row and "persistence_mae" in row:
+                row["served_skill"] = skill(row["served_mae"], row["persistence_mae"])
+            if h in self.covered:
+                row["coverage"] = self.covered[h] / n if n else math.nan
             out[horizon_label(h)] = row
         return out
 
@@ -367,6 +384,7 @@ class ErrorSums:
             "n": {str(h): v for h, v in self.n.items()},
             "abs": {k: {str(h): v for h, v in d.items()} for k, d in self.abs.items()},
             "sq": {k: {str(h): v for h, v in d.items()} for k, d in self.sq.items()},
+            "covered": {str(h): v for h, v in self.covered.items()},
         }
 
     @classmethod
@@ -376,6 +394,7 @@ class ErrorSums:
             n={int(h): int(v) for h, v in d["n"].items()},
             abs={k: {int(h): float(v) for h, v in x.items()} for k, x in d["abs"].items()},
             sq={k: {int(h): float(v) for h, v in x.items()} for k, x in d["sq"].items()},
+            covered={int(h): int(v) for h, v in d.get("covered", {}).items()},
         )
 
 
@@ -414,3 +433,80 @@ def best_baseline(metrics: dict[str, dict[str, float]]) -> str:
 def mean_skill(metrics: dict[str, dict[str, float]]) -> float:
     skills = [row["skill"] for row in metrics.values() if math.isfinite(row.get("skill", math.nan))]
     return sum(skills) / len(skills) if skills else math.nan
+
+
+# -- served forecast: damping and intervals ------------------------------------------
+
+# Damping factors tried per horizon on validation: the served forecast is
+# ``last + alpha * (network - last)`` in the model space. 0 is persistence itself, so
+# the chosen blend never does worse than persistence on the validation window.
+BLEND_GRID: tuple[float, ...] = tuple(i / 10 for i in range(11))
+INTERVAL_QUANTILES = (0.1, 0.9)  # the served interval: 10 %-90 %, nominal coverage 80 %
+
+
+def model_space(values: Array, log: bool) -> Array:
+    """The space forecasts are blended and intervals built in (``log1p`` for PM)."""
+    return np.log1p(np.maximum(values, 0.0)) if log else values
+
+
+def from_model_space(z: Array, log: bool) -> Array:
+    return np.expm1(z) if log else z
+
+
+def blend(last: Array, network: Array, alphas: Sequence[float], log: bool) -> Array:
+    """(n, H) damped forecasts: ``last`` pulled towards the network by ``alphas[j]``."""
+    z_last = model_space(np.asarray(last, dtype=np.float64).reshape(-1, 1), log)
+    z_net = model_space(network, log)
+    a = np.asarray(alphas, dtype=np.float64)[None, :]
+    return from_model_space(z_last + a * (z_net - z_last), log)
+
+
+def _mae(forecast: Array, actual: Array) -> float:
+    ok = np.isfinite(forecast) & np.isfinite(actual)
+    return float(np.abs(forecast[ok] - actual[ok]).mean()) if ok.any() else math.inf
+
+
+def choose_blend(last: Array, network: Array, actual: Array, log: bool) -> tuple[float, ...]:
+    """Per horizon, the damping factor of :data:`BLEND_GRID` with the lowest validation
+    MAE (ties go to the smaller factor: persistence unless the network strictly helps)."""
+    out: list[float] = []
+    for j in range(actual.shape[1]):
+        best, best_mae = 0.0, math.inf
+        for alpha in BLEND_GRID:
+            f = blend(last, network[:, j : j + 1], (alpha,), log)[:, 0]
+            mae = _mae(f, actual[:, j])
+            if mae < best_mae - 1e-12:
+                best, best_mae = alpha, mae
+        out.append(best)
+    return tuple(out)
+
+
+def residual_quantiles(forecast: Array, actual: Array, log: bool) -> list[tuple[float, float]]:
+    """Per horizon, the 10 % and 90 % quantiles of ``actual - forecast`` in the model
+    space (a multiplicative band for PM); (0, 0) where nothing was observed."""
+    res = model_space(actual, log) - model_space(forecast, log)
+    out: list[tuple[float, float]] = []
+    for j in range(res.shape[1]):
+        col = res[:, j][np.isfinite(res[:, j])]
+        if col.size == 0:
+            out.append((0.0, 0.0))
+            continue
+        lo, hi = np.quantile(col, INTERVAL_QUANTILES)
+        out.append((float(min(lo, 0.0)), float(max(hi, 0.0))))
+    return out
+
+
+def interval_bounds(
+    forecast: Array, quantiles: Sequence[tuple[float, float]], log: bool
+) -> tuple[Array, Array]:
+    """(low, high) around (n, H) forecasts from per-horizon residual quantiles."""
+    z = model_space(np.asarray(forecast, dtype=np.float64), log)
+    lo = np.asarray([q[0] for q in quantiles], dtype=np.float64)[None, :]
+    hi = np.asarray([q[1] for q in quantiles], dtype=np.float64)[None, :]
+    return from_model_space(z + lo, log), from_model_space(z + hi, log)
+
+
+def interval_of(value: float, quantiles: tuple[float, float], log: bool) -> tuple[float, float]:
+    """One forecast's (low, high) (what Serve adds to each point)."""
+    low, high = interval_bounds(np.array([[value]]), [quantiles], log)
+    return float(low[0, 0]), float(high[0, 0])

@@ -50,6 +50,11 @@ class ModelEntry:
     promoted: bool = False
     trained_at: int = 0  # epoch seconds
     path: str | None = None  # model directory relative to the registry root (rnn only)
+    # Per horizon label: the (10 %, 90 %) quantiles of the served forecast's validation
+    # residuals, added to the forecast in the model space (log1p when ``log_space``):
+    # the served 80 % interval. Empty: no interval.
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    log_space: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -71,6 +76,10 @@ class ModelEntry:
             promoted=bool(d.get("promoted", False)),
             trained_at=int(d.get("trained_at", 0)),
             path=d.get("path"),
+            intervals={
+                str(k): (float(v[0]), float(v[1])) for k, v in d.get("intervals", {}).items()
+            },
+            log_space=bool(d.get("log_space", False)),
         )
 
     @classmethod

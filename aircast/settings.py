@@ -288,6 +288,10 @@ class TrainSettings(BaseModel):
     threads_per_worker: int = Field(default=1, ge=1)  # CPUs (and TF threads) per Train worker
     history_days: int = Field(default=14, ge=2)  # days of aggregates a training job reads
     measures: tuple[str, ...] = ("P1", "P2", "temperature", "humidity", "pressure")
+    # Per-measure pre-training (training.pretrain): epochs (0 = off) and the most series
+    # per measure it reads; every per-sensor network is then fine-tuned from it.
+    pretrain_epochs: int = Field(default=2, ge=0)
+    pretrain_series: int = Field(default=200, ge=1)
 
 
 class ServeSettings(BaseModel):

@@ -4,7 +4,14 @@ with 1 and with 2 workers (a private Ray head), same models, same epochs.
 Reports wall time of each run, mean seconds per model (inside the workers), the
 speed-up and the scaling efficiency = speed-up / workers, against the ceiling of linear
 scaling measured in the same run (efficiency 1.0). Options: --days N (7), --epochs N
-(10), --workers N (2), --running-stack (the running stack's Ray head, not a private one).
+(10), --workers N (2), --pretrain-epochs N (the settings'), --running-stack (the
+running stack's Ray head, not a private one).
+
+It also projects the nightly retrain of the whole network (``--network-series``,
+46,000 sensor × measure series) on ``--cpus`` CPUs (64): the pre-training reads at most
+``pretrain_series`` series per measure whatever the network's size (its measured time,
+scaled to that sample), then every series is fine-tuned at the measured seconds per
+series, spread over the CPUs at the measured scaling efficiency.
 
 Last line: one JSON object.
 """
@@ -34,6 +41,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pretrain-epochs", type=int, default=None)
+    parser.add_argument("--network-series", type=int, default=46_000)
+    parser.add_argument("--cpus", type=int, default=64)
     parser.add_argument(
         "--running-stack", action="store_true", help="use the running stack's Ray head"
     )
@@ -62,7 +72,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="aircast-bench-train-") as tmp:
             train_settings = base.train.model_copy(update={"storage_path": Path(tmp)})
             settings = base.model_copy(update={"train": train_settings})
-            cfg = fit_config(settings, epochs=args.epochs)
+            overrides = {"epochs": args.epochs}
+            if args.pretrain_epochs is not None:
+                overrides["pretrain_epochs"] = args.pretrain_epochs
+            cfg = fit_config(settings, **overrides)
             for workers in sorted({1, args.workers}):
                 with console.status(f"fitting {len(tasks)} models on {workers} worker(s)"):
                     t0 = time.perf_counter()
@@ -75,6 +88,7 @@ def main() -> None:
                     "models": len(per_model),
                     "fitted": sum(1 for r in run.results.values() if r["has_model"]),
                     "per_model_s": round(statistics.fmean(per_model), 2),
+                    "pretrain_s": round(run.pretrain_seconds, 1),
                     "epochs_mean": round(
                         statistics.fmean(r["epochs"] for r in run.results.values()), 1
                     ),
@@ -84,6 +98,14 @@ def main() -> None:
         ray.shutdown()
     one, many = runs[1]["wall_s"], runs[args.workers]["wall_s"]
     speedup = one / many if many else 0.0
+    efficiency = speedup / args.workers
+    measures = {s.measure for s in series} or {""}
+    per_measure = len(series) / len(measures)
+    # The pre-training fits each measure's sample in parallel (one worker a measure).
+    pretrain_s = float(runs[1]["pretrain_s"]) / len(measures)
+    pretrain_at_scale = pretrain_s * max(1.0, cfg.pretrain_series / per_measure)
+    per_series = float(runs[1]["per_model_s"])
+    fine_tune_s = args.network_series * per_series / (args.cpus * max(efficiency, 1e-9))
     emit(
         {
             "benchmark": "train",
@@ -92,7 +114,15 @@ def main() -> None:
             "series": len(series),
             "runs": {str(k): v for k, v in runs.items()},
             "speedup": round(speedup, 2),
-            "scaling_efficiency": round(speedup / args.workers, 2),
+            "scaling_efficiency": round(efficiency, 2),
+            "per_series_s": per_series,
+            "projection": {
+                "series": args.network_series,
+                "cpus": args.cpus,
+                "pretrain_s": round(pretrain_at_scale, 1),
+                "fine_tune_s": round(fine_tune_s, 1),
+                "wall_s": round(pretrain_at_scale + fine_tune_s, 1),
+            },
             "ceiling": 1.0,
             "ratio": round(speedup / args.workers, 2),
         }

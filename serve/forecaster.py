@@ -48,9 +48,15 @@ class Forecaster:
         self.influx = InfluxV1(settings.influx)
         self.redis = redis_client(settings.redis)
         self.registry = Registry(settings.train.registry_dir, self.redis, settings.redis.key_prefix)
-        # The multiplexed loader is built here because its LRU size is a setting.
+        # The multiplexed loader is built here because its LRU size is a setting. It
+        # wraps a plain function: Serve keeps its model cache as an attribute of the
+        # decorated callable, which a bound method cannot hold.
+
+        async def load(mid: str) -> Any:
+            return await self._load_model(mid)
+
         self._model = serve.multiplexed(max_num_models_per_replica=settings.serve.model_cache_size)(
-            self._load_model
+            load
         )
 
     async def _load_model(self, mid: str) -> Any:

@@ -11,11 +11,13 @@ A forecast payload (the JSON the API returns, plus ``source`` added on the way o
                "metrics": {"10m": {"model_mae": ..., "persistence_mae": ...}}},
      "note": "...",
      "points": [{"horizon_steps": 1, "horizon": "10m", "time": 1714000200,
-                 "value": 12.3}, ...]}
+                 "value": 12.3, "low": 10.9, "high": 14.0}, ...]}
 
 ``time`` of a point is the start of the 10-minute window it predicts, the same
 timestamp the aggregate it will be compared with carries. ``skill`` is
 ``1 - MAE_model / MAE_persistence`` on held-out data (0 for persistence itself).
+``low``/``high`` are the 80 % interval (10 % and 90 % quantiles) when the served entry
+has one; a fallback to persistence after a model failure has none.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 import redis
 
 from aircast.cache import key
-from aircast.forecasting import DAY_STEPS, baseline_forecast
+from aircast.forecasting import DAY_STEPS, baseline_forecast, interval_of
 from aircast.influx import InfluxV1
 from aircast.measures import BY_NAME
 from aircast.queries import History, StoredForecast, forecast_lines
@@ -87,6 +89,16 @@ def history_steps(entry: ModelEntry) -> int:
     return max(entry.window, DAY_STEPS) if entry.kind == "seasonal_naive" else entry.window
 
 
+def bounds(entry: ModelEntry, horizon: int, value: float) -> dict[str, float]:
+    """``low``/``high`` of a point: the entry's validation residual quantiles around the
+    served value (none when the entry has no interval for that horizon)."""
+    quantiles = entry.intervals.get(horizon_label(horizon))
+    if quantiles is None:
+        return {}
+    low, high = interval_of(value, quantiles, entry.log_space)
+    return {"low": low, "high": high} if math.isfinite(low) and math.isfinite(high) else {}
+
+
 def payload(
     entry: ModelEntry,
     history: History,
@@ -103,6 +115,7 @@ def payload(
             "horizon": horizon_label(h),
             "time": history.last_window + h * AGGREGATE_WINDOW_S,
             "value": float(v),
+            **bounds(entry, h, v),
         }
         for h, v in sorted(values.items())
         if math.isfinite(v)

@@ -86,6 +86,12 @@ class ForecastPoint(BaseModel):
     horizon: str
     time: int = Field(description="start of the predicted 10-minute window, epoch s")
     value: float
+    low: float | None = Field(
+        default=None, description="10 % quantile: the 80 % interval's lower end"
+    )
+    high: float | None = Field(
+        default=None, description="90 % quantile: the 80 % interval's upper end"
+    )
 
 
 class Forecast(BaseModel):

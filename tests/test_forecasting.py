@@ -16,9 +16,14 @@ from aircast.forecasting import (
     Scaler,
     baseline_forecast,
     best_baseline,
+    blend,
+    choose_blend,
     ffill,
     grid,
     inputs,
+    interval_bounds,
+    interval_of,
+    residual_quantiles,
     score_baselines,
     series_from_aggregates,
     skill,
@@ -150,3 +155,35 @@ def test_error_sums_merge_and_skill() -> None:
     assert row["skill"] == pytest.approx(0.75)
     assert skill(0.0, 0.0) == 0.0
     assert targets(np.arange(5.0), np.array([3]), (1, 2))[0].tolist()[0] == 4.0
+
+
+def test_damped_blend_never_loses_to_persistence_on_its_own_window() -> None:
+    rng = np.random.default_rng(3)
+    last = rng.normal(10.0, 1.0, 500)
+    actual = (last + rng.normal(0.0, 1.0, 500))[:, None].repeat(2, axis=1)
+    actual[:, 1] = last + 2.0  # horizon 2: the future is the last value plus 2
+    # The network: pure noise at horizon 1 (persistence is better), exact at horizon 2.
+    network = np.stack([last + rng.normal(0.0, 3.0, 500), last + 2.0], axis=1)
+    alphas = choose_blend(last, network, actual, log=False)
+    assert alphas == (0.0, 1.0)
+    served = blend(last, network, alphas, log=False)
+    assert np.allclose(served[:, 0], last) and np.allclose(served[:, 1], actual[:, 1])
+    # In log space the damping is multiplicative and persistence stays exact.
+    z = blend(np.array([9.0]), np.array([[99.0]]), (0.5,), log=True)
+    assert z[0, 0] == pytest.approx(math.expm1(0.5 * (math.log(10.0) + math.log(100.0))))
+
+
+def test_interval_from_residual_quantiles_covers_eighty_percent() -> None:
+    rng = np.random.default_rng(5)
+    forecast = np.full((4000, 1), 20.0)
+    val = forecast + rng.normal(0.0, 2.0, (4000, 1))
+    quantiles = residual_quantiles(forecast, val, log=False)
+    assert quantiles[0][0] == pytest.approx(-1.2816 * 2.0, rel=0.1)
+    test = forecast + rng.normal(0.0, 2.0, (4000, 1))
+    sums = ErrorSums((1,))
+    sums.add(test, {"served": forecast}, interval_bounds(forecast, quantiles, log=False))
+    assert sums.metrics()["10m"]["coverage"] == pytest.approx(0.8, abs=0.03)
+    assert ErrorSums.from_dict(sums.to_dict()).covered == sums.covered
+    low, high = interval_of(10.0, (-0.1, 0.2), log=True)  # multiplicative in log space
+    assert low == pytest.approx(math.expm1(math.log(11.0) - 0.1))
+    assert high == pytest.approx(math.expm1(math.log(11.0) + 0.2))

@@ -126,8 +126,13 @@ def test_registered_models_load_and_predict(killed_run: KilledRun) -> None:
         gap = history.copy()
         gap[-1] = np.nan
         assert set(predict(load_model(path / "model.keras"), entry, gap, T0)) == {1, 6, 36}
-        # A promoted entry wins the pointer; an unpromoted network stays registered.
-        if not entry.promoted:
+        # A promoted entry wins the pointer and carries the served interval; an
+        # unpromoted network stays registered, without one.
+        if entry.promoted:
+            assert set(entry.intervals) == {"10m", "1h", "6h"}
+            assert all(lo <= 0 <= hi for lo, hi in entry.intervals.values())
+        else:
             assert latest[(entry.measure, entry.sensor_id)].kind != "rnn"
+            assert entry.intervals == {}
     baseline = latest[("P2", 14)]
     assert predict(None, baseline, np.full(baseline.window, 3.0), T0) == {1: 3.0, 6: 3.0, 36: 3.0}

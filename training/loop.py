@@ -11,6 +11,9 @@ fitted so far (``models/<measure>__<sensor>/``) and its state (``state-<rank>.js
 Ray Train merges the workers' directories into one checkpoint. When a worker dies, Ray
 Train restarts the group (``FailureConfig.max_failures``); each worker then restores
 its shard's models from the latest checkpoint and skips them: a model is fitted once.
+
+With ``init_dir`` in the config (the pre-training run's merged checkpoint,
+:mod:`training.pretrain`), each network is fine-tuned from its measure's weights.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from aircast.forecasting import Series
     from training.model import FitConfig, configure_threads, fit_series, save
+    from training.pretrain import init_weights
 
     configure_threads(int(config.get("threads", 1)))
     context = ray.train.get_context()
@@ -97,7 +101,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ):
                 task = shard[slot]
                 series = Series.from_dict(task["series"])
-                result = fit_series(series, task.get("split"), cfg)
+                init = init_weights(config.get("init_dir"), series.measure)
+                result = fit_series(series, task.get("split"), cfg, init)
                 save(result, local / MODELS / model_dir_name(key), cfg)
                 _test_hooks(config, rank, slot, key)
             state = {"slot": slot, "rank": rank, "fitted": len(list((local / MODELS).glob("*")))}

@@ -31,7 +31,12 @@ from aircast.forecasting import (
     Scaler,
     Series,
     baseline_matrix,
+    best_baseline,
+    blend,
+    choose_blend,
     inputs,
+    interval_bounds,
+    residual_quantiles,
     targets,
     usable_origins,
 )
@@ -52,6 +57,10 @@ class FitConfig:
     patience: int = 3
     learning_rate: float = 3e-3
     seed: int = 7
+    # Epochs of the per-measure pre-training (0: every network starts from scratch)
+    # and the most series per measure it reads (bounds its cost at any network size).
+    pretrain_epochs: int = 0
+    pretrain_series: int = 200
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +72,8 @@ class FitConfig:
             "patience": self.patience,
             "learning_rate": self.learning_rate,
             "seed": self.seed,
+            "pretrain_epochs": self.pretrain_epochs,
+            "pretrain_series": self.pretrain_series,
         }
 
     @classmethod
@@ -116,6 +127,7 @@ class FitResult:
     test: ErrorSums | None
     model: Any  # a keras.Model, or None when there was too little data
     scaler: Scaler
+    served: Served
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -129,52 +141,179 @@ class FitResult:
             "val": self.val.to_dict(),
             "test": None if self.test is None else self.test.to_dict(),
             "scaler": self.scaler.to_dict(),
+            "served": self.served.to_dict(),
         }
 
 
+@dataclass(frozen=True)
+class Served:
+    """What the registry serves for a series, chosen on its validation window only.
+
+    ``kind`` "rnn": the network damped towards persistence by ``blend[j]`` per horizon
+    (0 = persistence at that horizon); it is served when the network strictly helps at
+    some horizon. Otherwise the baseline with the lower validation MAE. ``intervals``:
+    per horizon, the 10 % and 90 % quantiles of the served forecast's validation
+    residuals in the model space (``log1p`` for PM); empty without a validation window.
+    """
+
+    kind: str
+    blend: tuple[float, ...]
+    intervals: tuple[tuple[float, float], ...]
+    log: bool
+
+    def forecast(
+        self, values: np.ndarray, origins: np.ndarray, network: np.ndarray | None, cfg: FitConfig
+    ) -> np.ndarray:
+        if self.kind == "rnn" and network is not None:
+            return blend(values[origins], network, self.blend, self.log)
+        return baseline_matrix(self.kind, values, origins, cfg.horizons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "blend": list(self.blend),
+            "intervals": [list(q) for q in self.intervals],
+            "log": self.log,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Served:
+        return cls(
+            kind=str(d["kind"]),
+            blend=tuple(float(a) for a in d.get("blend", ())),
+            intervals=tuple((float(q[0]), float(q[1])) for q in d.get("intervals", ())),
+            log=bool(d.get("log", False)),
+        )
+
+
+def _choose(
+    values: np.ndarray,
+    origins: np.ndarray,
+    network: np.ndarray | None,
+    cfg: FitConfig,
+    log: bool,
+) -> Served:
+    """The served forecaster and its interval, from the validation origins."""
+    actual = targets(values, origins, cfg.horizons)
+    if network is not None and origins.size:
+        alphas = choose_blend(values[origins], network, actual, log)
+        if any(a > 0 for a in alphas):
+            chosen = Served("rnn", alphas, (), log)
+            served = chosen.forecast(values, origins, network, cfg)
+            quantiles = tuple(residual_quantiles(served, actual, log))
+            return Served("rnn", alphas, quantiles, log)
+    sums = ErrorSums(cfg.horizons)
+    sums.add(actual, {k: baseline_matrix(k, values, origins, cfg.horizons) for k in BASELINES})
+    kind = best_baseline(sums.metrics())
+    served = baseline_matrix(kind, values, origins, cfg.horizons)
+    quantiles = tuple(residual_quantiles(served, actual, log)) if origins.size else ()
+    return Served(kind, (), quantiles, log)
+
+
 def _score(
-    values: np.ndarray, start: int, origins: np.ndarray, cfg: FitConfig, scaler: Scaler, model: Any
-) -> ErrorSums:
+    values: np.ndarray,
+    start: int,
+    origins: np.ndarray,
+    cfg: FitConfig,
+    scaler: Scaler,
+    model: Any,
+    served: Served | None = None,
+) -> tuple[ErrorSums, np.ndarray | None]:
+    """Scores of the baselines, the network and (when chosen) the served forecast with
+    its interval; also the network's forecasts (None without a network)."""
     sums = ErrorSums(cfg.horizons)
     actual = targets(values, origins, cfg.horizons)
     forecasts = {k: baseline_matrix(k, values, origins, cfg.horizons) for k in BASELINES}
+    network = None
     if model is not None:
-        forecasts["model"] = forecast(model, values, start, origins, cfg, scaler)
-    sums.add(actual, forecasts)
-    return sums
+        network = forecast(model, values, start, origins, cfg, scaler)
+        forecasts["model"] = network
+    interval = None
+    if served is not None:
+        forecasts["served"] = served.forecast(values, origins, network, cfg)
+        if served.intervals:
+            interval = interval_bounds(forecasts["served"], served.intervals, served.log)
+    sums.add(actual, forecasts, interval)
+    return sums, network
 
 
-def fit_series(series: Series, split: int | None, cfg: FitConfig) -> FitResult:
-    """Fit on ``values[:split]`` (validation = its last 15 %), score the tail after it."""
+def split_origins(
+    series: Series, split: int, cfg: FitConfig
+) -> tuple[Scaler, np.ndarray, np.ndarray]:
+    """The series' scaler (from ``values[:split]``) and its fit and validation origins:
+    usable origins whose every target is known before ``split``, in time order, the
+    last :data:`VAL_FRACTION` of them for validation (never shuffled into the fit)."""
+    values = series.values
+    scaler = Scaler.fit(values[:split], log=series.measure in LOG_MEASURES)
+    origins = usable_origins(values, cfg.window, 0, split - max(cfg.horizons))
+    y = targets(values, origins, cfg.horizons)
+    origins = origins[np.isfinite(y).all(axis=1)]
+    cut = int(origins.size * (1 - VAL_FRACTION))
+    return scaler, origins[:cut], origins[cut:]
+
+
+def arrays(
+    series: Series, origins: np.ndarray, cfg: FitConfig, scaler: Scaler
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sequence, context, target change) at ``origins``, in the series' own units of
+    standard deviation: comparable across series, so one network can learn from all."""
+    x = inputs(series.values, series.start, origins, cfg.window, cfg.horizons, scaler)
+    y = scaler.delta(x.last[:, None], targets(series.values, origins, cfg.horizons))
+    return x.sequence, x.context, y.astype(np.float32)
+
+
+def pretrain(tasks: list[tuple[Series, int | None]], cfg: FitConfig, epochs: int) -> list[Any]:
+    """One network fitted on the fit origins of every series (never their validation
+    origins, so each series' validation stays held out); its weights start each
+    per-series fine-tune."""
+    import keras
+
+    parts = []
+    for series, split in tasks:
+        scaler, fit_o, _ = split_origins(
+            series, series.values.size if split is None else split, cfg
+        )
+        if fit_o.size:
+            parts.append(arrays(series, fit_o, cfg, scaler))
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(cfg.window, len(cfg.horizons), cfg.units)
+    model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mae")
+    if parts:
+        seq, ctx, y = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        model.fit([seq, ctx], y, epochs=epochs, batch_size=cfg.batch_size, verbose=0)
+    return list(model.get_weights())
+
+
+def fit_series(
+    series: Series, split: int | None, cfg: FitConfig, init: list[Any] | None = None
+) -> FitResult:
+    """Fit on ``values[:split]`` (validation = its last 15 %), score the tail after it.
+
+    ``init``: pre-trained weights (:func:`pretrain`) to fine-tune from, at a third of
+    the learning rate; without them the network starts from scratch."""
     import keras
 
     began = time.perf_counter()
     values = series.values
     split = values.size if split is None else split
-    scaler = Scaler.fit(values[:split], log=series.measure in LOG_MEASURES)
-    horizon = max(cfg.horizons)
-    origins = usable_origins(values, cfg.window, 0, split - horizon)
-    y = targets(values, origins, cfg.horizons)
-    origins = origins[np.isfinite(y).all(axis=1)]
-    cut = int(origins.size * (1 - VAL_FRACTION))
-    fit_o, val_o = origins[:cut], origins[cut:]
+    scaler, fit_o, val_o = split_origins(series, split, cfg)
     model: Any = None
     epochs = 0
     if fit_o.size >= MIN_SAMPLES and val_o.size > 0:
         keras.utils.set_random_seed(cfg.seed)
-        x = inputs(values, series.start, fit_o, cfg.window, cfg.horizons, scaler)
-        xv = inputs(values, series.start, val_o, cfg.window, cfg.horizons, scaler)
-        yd = scaler.delta(x.last[:, None], targets(values, fit_o, cfg.horizons)).astype(np.float32)
-        yvd = scaler.delta(xv.last[:, None], targets(values, val_o, cfg.horizons)).astype(
-            np.float32
-        )
+        seq, ctx, yd = arrays(series, fit_o, cfg, scaler)
+        vseq, vctx, yvd = arrays(series, val_o, cfg, scaler)
         model = build_model(cfg.window, len(cfg.horizons), cfg.units)
-        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mae")
+        rate = cfg.learning_rate
+        if init is not None:
+            model.set_weights(init)
+            rate /= 3
+        model.compile(optimizer=keras.optimizers.Adam(rate), loss="mae")
         stop = keras.callbacks.EarlyStopping(patience=cfg.patience, restore_best_weights=True)
         history = model.fit(
-            [x.sequence, x.context],
+            [seq, ctx],
             yd,
-            validation_data=([xv.sequence, xv.context], yvd),
+            validation_data=([vseq, vctx], yvd),
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
             callbacks=[stop],
@@ -182,14 +321,22 @@ def fit_series(series: Series, split: int | None, cfg: FitConfig) -> FitResult:
             shuffle=True,
         )
         epochs = len(history.history["loss"])
-    val = _score(values, series.start, val_o, cfg, scaler, model)
+    _, network_val = _score(values, series.start, val_o, cfg, scaler, model)
+    served = _choose(values, val_o, network_val, cfg, scaler.log)
+    val, _ = _score(values, series.start, val_o, cfg, scaler, model, served)
     test: ErrorSums | None = None
     if split < values.size:
         test_o = usable_origins(values, cfg.window, split - 1, values.size)
-        test = _score(values, series.start, test_o, cfg, scaler, model)
+        test, _ = _score(values, series.start, test_o, cfg, scaler, model, served)
     seconds = time.perf_counter() - began
     log.info(
-        "fitted key=%s samples=%d epochs=%d seconds=%.1f", series.key, fit_o.size, epochs, seconds
+        "fitted key=%s samples=%d epochs=%d served=%s blend=%s seconds=%.1f",
+        series.key,
+        fit_o.size,
+        epochs,
+        served.kind,
+        served.blend,
+        seconds,
     )
     return FitResult(
         series.key,
@@ -202,6 +349,7 @@ def fit_series(series: Series, split: int | None, cfg: FitConfig) -> FitResult:
         test,
         model,
         scaler,
+        served,
     )
 
 
@@ -210,7 +358,13 @@ def save(result: FitResult, directory: Path, cfg: FitConfig) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if result.model is not None:
         result.model.save(directory / "model.keras")
-    scaler = {**result.scaler.to_dict(), "window": cfg.window, "horizons": list(cfg.horizons)}
+    scaler = {
+        **result.scaler.to_dict(),
+        "window": cfg.window,
+        "horizons": list(cfg.horizons),
+        # The damping per horizon: training.predict serves what validation chose.
+        "blend": list(result.served.blend) or [1.0] * len(cfg.horizons),
+    }
     (directory / "scaler.json").write_text(json.dumps(scaler), encoding="utf-8")
     summary = result.summary()
     (directory / "result.json").write_text(json.dumps(summary, allow_nan=True), encoding="utf-8")

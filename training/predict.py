@@ -8,7 +8,8 @@
   value (any time inside that window is fine: it is floored to 10 minutes). Returns
   ``{horizon_steps: value}`` for ``entry.horizons``; horizon ``h`` is the mean of the
   window ``h`` steps after the last one. A last value that is a gap is taken as the
-  previous known one. A history with no value at all gives NaN.
+  previous known one. A history with no value at all gives NaN. The value is the
+  served one: the network damped towards persistence as validation chose per horizon.
 
 Baselines (kind ``persistence``/``seasonal_naive``) need no file:
 :func:`aircast.forecasting.baseline_forecast`; :func:`predict` dispatches to it when
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from aircast.forecasting import STEP_S, Scaler, baseline_forecast, ffill, inputs
+from aircast.forecasting import STEP_S, Scaler, baseline_forecast, blend, ffill, inputs
 from aircast.registry import ModelEntry
 
 MODEL_FILE = "model.keras"
@@ -38,6 +39,9 @@ class LoadedModel:
     scaler: Scaler
     window: int  # steps the network's sequence input reads
     horizons: tuple[int, ...]
+    # Per horizon, how far the forecast moves from persistence towards the network
+    # (chosen on validation; 1.0 for models saved before damping existed).
+    blend: tuple[float, ...]
 
 
 def load_model(path: Path) -> Any:
@@ -51,6 +55,7 @@ def load_model(path: Path) -> Any:
         scaler=Scaler.from_dict(meta),
         window=int(meta["window"]),
         horizons=tuple(int(h) for h in meta["horizons"]),
+        blend=tuple(float(a) for a in meta.get("blend", [1.0] * len(meta["horizons"]))),
     )
 
 
@@ -69,6 +74,7 @@ def predict(model: Any, entry: ModelEntry, history: np.ndarray, issued_at: int) 
     origin = np.array([hist.size - 1], dtype=np.int64)
     x = inputs(hist, start, origin, model.window, model.horizons, model.scaler)
     delta = np.asarray(model.network([x.sequence, x.context], training=False))[0]
-    values = model.scaler.decode(np.full(delta.shape, x.last[0]), delta.astype(np.float64))
+    network = model.scaler.decode(np.full(delta.shape, x.last[0]), delta.astype(np.float64))
+    values = blend(x.last[:1], network[None, :], model.blend, model.scaler.log)[0]
     by_h = {h: float(values[j]) for j, h in enumerate(model.horizons)}
     return {h: by_h[h] for h in entry.horizons}

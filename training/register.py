@@ -1,10 +1,12 @@
 """Registering a training run's models, with the promotion rule.
 
 A fitted network is registered (``kind="rnn"``, its files copied into the registry)
-and promoted only if it beats persistence on its validation window (mean skill over
-horizons > 0). Otherwise the better baseline on that window (persistence or
-seasonal-naive) is registered and promoted, so Serve always has something sound to
-serve. Entries carry the validation metrics per horizon label.
+and promoted when, damped towards persistence per horizon as chosen on its validation
+window (:class:`training.model.Served`), it beats persistence there at some horizon;
+at the horizons where it does not, its damping is 0 and it serves persistence.
+Otherwise the better baseline on that window (persistence or seasonal-naive) is
+registered and promoted, so Serve always has something sound to serve. Entries carry
+the validation metrics per horizon label and the promoted entry the served interval.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import shutil
 import time
 from typing import Any
 
-from aircast.forecasting import DAY_STEPS, ErrorSums, best_baseline, mean_skill, skill
-from aircast.registry import Kind, ModelEntry, Registry
-from training.model import FitConfig
+from aircast.forecasting import DAY_STEPS, ErrorSums, mean_skill, skill
+from aircast.registry import Kind, ModelEntry, Registry, horizon_label
+from training.model import FitConfig, Served
 from training.trainer import TrainRun
 
 MODEL_FILES = ("model.keras", "scaler.json", "result.json")
@@ -39,8 +41,9 @@ def entries_for(
 ) -> list[ModelEntry]:
     """The registry entries of one fitted series (the promoted one last)."""
     metrics = ErrorSums.from_dict(result["val"]).metrics()
-    model_skill = mean_skill(metrics)
+    served = Served.from_dict(result["served"])
     sensor_id, measure = int(result["sensor_id"]), str(result["measure"])
+    intervals = {horizon_label(h): q for h, q in zip(cfg.horizons, served.intervals, strict=False)}
 
     def entry(
         version: str, kind: Kind, skill: float, promoted: bool, path: str | None
@@ -57,25 +60,29 @@ def entries_for(
             promoted=promoted,
             trained_at=trained_at,
             path=path,
+            # The interval belongs to what is served: only the promoted entry has it.
+            intervals=intervals if promoted else {},
+            log_space=served.log,
         )
 
+    def mean_of(name: str) -> float:
+        rows = [r for r in metrics.values() if r.get("n", 0) > 0 and f"{name}_mae" in r]
+        if not rows:
+            return 0.0
+        return sum(skill(r[f"{name}_mae"], r["persistence_mae"]) for r in rows) / len(rows)
+
     out: list[ModelEntry] = []
-    promote_rnn = bool(result["has_model"]) and math.isfinite(model_skill) and model_skill > 0
+    promote_rnn = bool(result["has_model"]) and served.kind == "rnn"
     if result["has_model"]:
-        out.append(
-            entry(version, "rnn", model_skill, promote_rnn, f"{measure}/{sensor_id}/{version}")
-        )
+        for label, alpha in zip(metrics, served.blend, strict=False):
+            metrics[label]["blend"] = alpha
+        # A promoted network's skill is that of what it serves: damped per horizon.
+        rnn_skill = mean_of("served") if promote_rnn else mean_skill(metrics)
+        path = f"{measure}/{sensor_id}/{version}"
+        out.append(entry(version, "rnn", rnn_skill, promote_rnn, path))
     if not promote_rnn:
-        kind: Kind = (
-            "seasonal_naive" if best_baseline(metrics) == "seasonal_naive" else "persistence"
-        )
-        rows = [r for r in metrics.values() if r.get("n", 0) > 0]
-        base_skill = (
-            sum(skill(r[f"{kind}_mae"], r["persistence_mae"]) for r in rows) / len(rows)
-            if rows
-            else 0.0
-        )
-        out.append(entry(f"{version}-{kind}", kind, base_skill, True, None))
+        kind: Kind = "seasonal_naive" if served.kind == "seasonal_naive" else "persistence"
+        out.append(entry(f"{version}-{kind}", kind, mean_of(kind), True, None))
     return out
 
 

@@ -21,6 +21,7 @@ from aircast.forecasting import Series
 from aircast.settings import Settings
 from training.loop import MODELS, model_dir_name, train_loop_per_worker
 from training.model import FitConfig
+from training.pretrain import GLOBAL, pretrain_loop_per_worker, sample_groups
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def fit_config(settings: Settings, **overrides: Any) -> FitConfig:
         "batch_size": t.batch_size,
         "units": t.units,
         "patience": t.patience,
+        "pretrain_epochs": t.pretrain_epochs,
+        "pretrain_series": t.pretrain_series,
     }
     return FitConfig(**{**base, **overrides})
 
@@ -43,8 +46,9 @@ class TrainRun:
     name: str
     checkpoint_dir: Path  # the final merged checkpoint (models/<measure>__<sensor>/)
     results: dict[str, dict[str, Any]]  # key -> result.json
-    seconds: float
+    seconds: float  # the whole run, pre-training included
     workers: int
+    pretrain_seconds: float = 0.0
 
     def model_dir(self, key: str) -> Path:
         return self.checkpoint_dir / MODELS / model_dir_name(key)
@@ -73,14 +77,21 @@ def train(
     name = name or run_name()
     storage = settings.train.storage_path.expanduser().resolve()
     storage.mkdir(parents=True, exist_ok=True)
+    # Longest series first: the slowest fits start early, shards stay balanced.
+    task_dicts = [
+        {"series": s.to_dict(), "split": split}
+        for s, split in sorted(tasks, key=lambda t: (-t[0].values.size, t[0].key))
+    ]
+    began = time.perf_counter()
+    init_dir = None
+    if cfg.pretrain_epochs > 0:
+        init_dir = _pretrain(settings, task_dicts, workers, cfg, name, storage, max_failures)
+    pretrain_seconds = time.perf_counter() - began
     config: dict[str, Any] = {
         "fit": cfg.to_dict(),
         "threads": settings.train.threads_per_worker,
-        # Longest series first: the slowest fits start early, shards stay balanced.
-        "tasks": [
-            {"series": s.to_dict(), "split": split}
-            for s, split in sorted(tasks, key=lambda t: (-t[0].values.size, t[0].key))
-        ],
+        "tasks": task_dicts,
+        "init_dir": init_dir,
         **(hooks or {}),
     }
     trainer = TensorflowTrainer(
@@ -97,7 +108,6 @@ def train(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
-    began = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - began
     if result.checkpoint is None:
@@ -111,10 +121,49 @@ def train(
     if missing:
         raise RuntimeError(f"training run {name} lacks models for {sorted(missing)}")
     log.info("trained run=%s models=%d seconds=%.1f", name, len(results), seconds)
-    return TrainRun(name, checkpoint_dir, results, seconds, workers)
+    return TrainRun(name, checkpoint_dir, results, seconds, workers, pretrain_seconds)
+
+
+def _pretrain(
+    settings: Settings,
+    tasks: list[dict[str, Any]],
+    workers: int,
+    cfg: FitConfig,
+    name: str,
+    storage: Path,
+    max_failures: int,
+) -> str:
+    """Run the pre-training phase; the folder of its merged ``<measure>.npz`` weights."""
+    import ray.train
+    from ray.train.tensorflow import TensorflowTrainer
+
+    groups = sample_groups(tasks, cfg.pretrain_series)
+    trainer = TensorflowTrainer(
+        pretrain_loop_per_worker,
+        train_loop_config={
+            "fit": cfg.to_dict(),
+            "threads": settings.train.threads_per_worker,
+            "groups": groups,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=max(1, min(workers, len(groups))),
+            resources_per_worker={"CPU": settings.train.threads_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"{name}-pretrain",
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"pre-training run {name} reported no checkpoint")
+    return str(Path(result.checkpoint.path) / GLOBAL)
 
 
 def cleanup(run: TrainRun, settings: Settings) -> None:
     """Remove a run's checkpoints (after its models are registered elsewhere)."""
     storage = settings.train.storage_path.expanduser().resolve()
     shutil.rmtree(storage / run.name, ignore_errors=True)
+    shutil.rmtree(storage / f"{run.name}-pretrain", ignore_errors=True)

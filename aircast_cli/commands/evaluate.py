@@ -5,9 +5,11 @@ memory (the backfill's own validation and aggregation, no InfluxDB), fits one mo
 (sensor, measure) on the training span with Ray Train, and scores it on the test span
 (every 10-minute origin of the held-out tail; the model is not refitted) against
 persistence and seasonal-naive on the same origins. Scores are pooled over series
-(MAE = total absolute error / origins). ``served`` is what the registry would serve:
-the network where it beat persistence on its validation window, else the better
-baseline. The last line printed is one JSON object.
+(MAE = total absolute error / origins), and averaged over measures (each measure's
+skill weighs the same). ``served`` is what the registry would serve: per horizon, the
+network damped towards persistence as its validation window chose, else the better
+baseline; ``coverage`` is the share of test values inside the served 80 % interval
+(residual quantiles from validation). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from rich.table import Table
 
 from aircast.archive import days
 from aircast.backfill import archive_aggregates
-from aircast.forecasting import ErrorSums, Series, best_baseline, mean_skill, series_from_aggregates
+from aircast.forecasting import ErrorSums, Series, series_from_aggregates
 from aircast.records import Aggregate
 from aircast.settings import Settings
 
@@ -55,53 +57,58 @@ def load_aggregates(source: str, start: date, end: date, processes: int) -> list
 
 
 def served_sums(result: dict[str, Any]) -> ErrorSums | None:
-    """The test sums of what the registry would serve for this series."""
+    """The test sums of a series, ``served`` included (what the registry serves: chosen
+    per horizon on the validation window when the series was fitted)."""
     if result["test"] is None:
         return None
-    test = ErrorSums.from_dict(result["test"])
-    val = ErrorSums.from_dict(result["val"]).metrics()
-    skill = mean_skill(val)
-    choice = (
-        "model"
-        if result["has_model"] and math.isfinite(skill) and skill > 0
-        else best_baseline(val)
-    )
-    test.abs["served"] = dict(test.abs[choice])
-    test.sq["served"] = dict(test.sq[choice])
-    return test
+    return ErrorSums.from_dict(result["test"])
+
+
+def _rounded(row: dict[str, float]) -> dict[str, float | None]:
+    return {k: (round(v, 4) if math.isfinite(v) else None) for k, v in row.items()}
+
+
+def _mean_over_measures(
+    per_measure: dict[str, dict[str, dict[str, float]]], labels: Sequence[str]
+) -> dict[str, dict[str, float | None]]:
+    """Per horizon: the skills averaged over measures (each measure weighs the same,
+    whatever its units or number of sensors), and the lowest served skill."""
+    out: dict[str, dict[str, float | None]] = {}
+    for label in labels:
+        row: dict[str, float] = {}
+        for name in ("skill", "served_skill", "coverage"):
+            vals = [m[label][name] for m in per_measure.values() if name in m.get(label, {})]
+            finite = [v for v in vals if math.isfinite(v)]
+            row[name] = sum(finite) / len(finite) if finite else math.nan
+        served = [m[label].get("served_skill", math.nan) for m in per_measure.values()]
+        row["min_served_skill"] = min((v for v in served if math.isfinite(v)), default=math.nan)
+        out[label] = _rounded(row)
+    return out
 
 
 def summarise(results: dict[str, dict[str, Any]], horizons: Sequence[int]) -> dict[str, Any]:
     overall = ErrorSums(tuple(horizons))
     per_measure: dict[str, ErrorSums] = {}
+    val_per_measure: dict[str, ErrorSums] = {}
     for result in results.values():
         sums = served_sums(result)
         if sums is None or not result["has_model"]:
             continue  # too little data to fit: no model to compare
         overall.merge(sums)
         per_measure.setdefault(result["measure"], ErrorSums(tuple(horizons))).merge(sums)
-
-    def rows(sums: ErrorSums) -> dict[str, dict[str, float | None]]:
-        out: dict[str, dict[str, float | None]] = {}
-        for label, row in sums.metrics().items():
-            clean: dict[str, float | None] = {
-                k: (round(v, 4) if math.isfinite(v) else None) for k, v in row.items()
-            }
-            served, persistence = (
-                row.get("served_mae", math.nan),
-                row.get("persistence_mae", math.nan),
-            )
-            clean["served_skill"] = (
-                round(1 - served / persistence, 4)
-                if persistence and math.isfinite(served)
-                else None
-            )
-            out[label] = clean
-        return out
-
+        val = ErrorSums.from_dict(result["val"])
+        val_per_measure.setdefault(result["measure"], ErrorSums(tuple(horizons))).merge(val)
+    measure_metrics = {m: s.metrics() for m, s in sorted(per_measure.items())}
+    val_metrics = {m: s.metrics() for m, s in sorted(val_per_measure.items())}
+    labels = list(overall.metrics())
     return {
-        "horizons": rows(overall),
-        "per_measure": {m: rows(s) for m, s in sorted(per_measure.items())},
+        "horizons": {k: _rounded(v) for k, v in overall.metrics().items()},
+        "mean_over_measures": _mean_over_measures(measure_metrics, labels),
+        "per_measure": {
+            m: {k: _rounded(v) for k, v in rows.items()} for m, rows in measure_metrics.items()
+        },
+        # The same figures on the validation windows the choices were made on.
+        "validation_mean_over_measures": _mean_over_measures(val_metrics, labels),
     }
 
 
@@ -116,8 +123,10 @@ def _table(summary: dict[str, Any]) -> Table:
         "model",
         "persistence",
         "seasonal naive",
+        "served",
         "skill",
         "served skill",
+        "80% coverage",
     ):
         table.add_column(col, justify="right" if col not in ("measure",) else "left")
 
@@ -134,9 +143,24 @@ def _table(summary: dict[str, Any]) -> Table:
                 fmt(row.get("model_mae")),
                 fmt(row.get("persistence_mae")),
                 fmt(row.get("seasonal_naive_mae")),
+                fmt(row.get("served_mae")),
                 fmt(row.get("skill"), 3),
                 fmt(row.get("served_skill"), 3),
+                fmt(row.get("coverage"), 3),
             )
+    for label, row in summary["mean_over_measures"].items():
+        table.add_row(
+            "mean of measures",
+            label,
+            "",
+            "",
+            "",
+            "",
+            "",
+            fmt(row.get("skill"), 3),
+            fmt(row.get("served_skill"), 3),
+            fmt(row.get("coverage"), 3),
+        )
     return table
 
 
@@ -175,7 +199,16 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     )
     from training.trainer import cleanup, fit_config, train
 
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("units", args.units)) if v}
+    overrides = {
+        k: v
+        for k, v in (
+            ("epochs", args.epochs),
+            ("units", args.units),
+            ("batch_size", args.batch_size),
+            ("pretrain_epochs", args.pretrain_epochs),
+        )
+        if v is not None
+    }
     cfg = fit_config(settings, **overrides)
     _connect_ray(settings, workers * settings.train.threads_per_worker + 1)
     import ray
@@ -185,13 +218,17 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     cleanup(run, settings)
     ray.shutdown()
     fitted = sum(1 for r in run.results.values() if r["has_model"])
-    Console().print(_table(summary))
+    Console(width=160).print(_table(summary))  # wide enough that no figure is cut
     summary.update(
         {
             "models": fitted,
             "series": len(tasks),
             "workers": workers,
             "train_seconds": round(run.seconds, 1),
+            "pretrain_seconds": round(run.pretrain_seconds, 1),
+            "per_series_seconds": round(
+                sum(r["seconds"] for r in run.results.values()) / max(1, len(run.results)), 2
+            ),
             "seconds": round(time.perf_counter() - began, 1),
         }
     )
@@ -209,4 +246,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping)")
     p.add_argument("--units", type=int, default=None, help="GRU width")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    p.add_argument(
+        "--pretrain-epochs", type=int, default=None, help="per-measure pre-training (0: off)"
+    )
     p.set_defaults(func=cmd_evaluate)
