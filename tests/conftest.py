@@ -35,6 +35,8 @@ LONGEST_FIRST = (
     "test_flink_job.py",
     "test_keep.py",
     "test_training.py",
+    "test_forecast_commands.py",
+    "test_forecast_serve.py",
     "test_commands.py",
     "test_serve_api.py",
     "test_stack.py",
