@@ -13,6 +13,7 @@ from training.model import FitConfig, configure_threads, fit_series
 T0 = 1_551_398_400
 
 
+@pytest.mark.slow  # a real fit (TensorFlow): the whole suite's, not the inner loop's
 def test_network_beats_persistence_on_a_daily_cycle() -> None:
     configure_threads(1)
     rng = np.random.default_rng(11)
