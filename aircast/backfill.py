@@ -199,6 +199,7 @@ class Backfill:
 
     def day(self, source: str | Path, day: date) -> None:
         """Backfill one day (raw readings, then aggregates)."""
+        self.report.days += 1
         self.records(iter_day_records(source, day), label=str(day))
 
     def records(
@@ -213,7 +214,6 @@ class Backfill:
         a later window is the live pipeline's to aggregate, from all of its readings."""
         result = split_day(records, self.geocoder)
         report = self.report
-        report.days += 1
         report.records += result.records
         report.values += len(result.readings) + sum(r.values for r, _ in result.rejections)
         for rejection, record in result.rejections:
