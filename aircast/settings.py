@@ -317,6 +317,32 @@ class ServeSettings(BaseModel):
     # default: the map works offline on a plain lat/lon grid.
     tile_url: str | None = None
     tile_attribution: str = ""
+    # Browser origins allowed to call the API (CORS); empty: same origin only.
+    cors_origins: tuple[str, ...] = ()
+    # Paged listings: the default and the largest page a client may ask for.
+    page_size: int = Field(default=1_000, ge=1)
+    page_size_max: int = Field(default=20_000, ge=1)
+    # The map's per-measure layer (latest value, 1 h and 24 h means) is rebuilt at most
+    # this often; clients revalidate it with its ETag.
+    map_cache_s: float = Field(default=60.0, ge=0)
+    # A sensor without a reading for this long is drawn as stale (greyed).
+    stale_after_s: float = Field(default=3_600.0, gt=0)
+
+
+class AlertSettings(BaseModel):
+    """Threshold alerts over the 10-minute aggregates (rules live in Redis)."""
+
+    model_config = _FROZEN
+
+    enabled: bool = True
+    topic: str = "aircast.alerts"
+    group_id: str = "aircast-alerts"
+    # Where fired and resolved alerts are POSTed when a rule names no webhook of its own.
+    webhook_url: str | None = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_retries: int = Field(default=3, ge=0)
+    # How often forecast-based rules are checked against the served forecasts.
+    forecast_check_s: float = Field(default=300.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -340,6 +366,7 @@ class Settings(BaseSettings):
     collect: CollectSettings = CollectSettings()
     train: TrainSettings = TrainSettings()
     serve: ServeSettings = ServeSettings()
+    alerts: AlertSettings = AlertSettings()
     log_level: str = "INFO"
 
     @classmethod
