@@ -70,7 +70,8 @@ run: setup
 # load the whole machine on purpose (the newcomer's make run with both cores spinning):
 # beside the other worker's drills they would measure each other.
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder
-test: setup
+# The static checks first (ruff, strict mypy, the import contracts): CI runs make test.
+test: setup check
 	$(VENV)/bin/python -m pytest $(XDIST) -m "not soak and not exclusive" $(PYTEST_ARGS)
 	$(VENV)/bin/python -m pytest -m "exclusive" $(PYTEST_ARGS)
 

@@ -9,8 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.net.compat import KafkaNetClient
+from kafka.protocol.consumer import FetchRequest
+from kafka.record.memory_records import MemoryRecords
 
 from aircast.kafka import connection_options
 from aircast.settings import KafkaSettings
@@ -127,6 +131,96 @@ def _read_once(
         return out, stalled, where
     finally:
         consumer.close()
+
+
+@dataclass
+class CommittedLog:
+    """A topic as read_committed means it, decided from the log's own control markers."""
+
+    committed: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    aborted: int = 0  # records of transactions that ended in an abort marker
+    open: int = 0  # records of transactions with no marker yet
+    transactions: dict[str, int] = field(default_factory=lambda: {"commit": 0, "abort": 0})
+
+
+_FETCH_BYTES = 32 * 1024 * 1024
+# A control record's key: version (int16), then type (int16): 0 abort, 1 commit.
+_ABORT, _COMMIT = 0, 1
+
+
+def read_committed_by_markers(settings: KafkaSettings, topic: str) -> CommittedLog:
+    """Every record of ``topic`` from the beginning, kept only if its transaction's
+    commit marker follows it in its partition (non-transactional records are kept).
+
+    This reads the raw record batches (isolation read_uncommitted, so the broker hides
+    nothing and filters nothing) and applies the markers itself, so it does not depend
+    on the broker's list of aborted transactions in a Fetch response: a broker that
+    leaves that list empty (tansu) still gets the committed view Kafka defines. A record
+    counted twice here was written and committed twice."""
+    client = KafkaNetClient(**connection_options(settings))
+    out = CommittedLog()
+    try:
+        client.check_version()
+        client.poll(future=client.cluster.request_update(), timeout_ms=10_000)
+        partitions = sorted(client.cluster.partitions_for_topic(topic) or ())
+        assert partitions, f"topic {topic} has no partitions in the broker's metadata"
+        for partition in partitions:
+            node = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+            pending: dict[int, list[tuple[bytes | None, bytes]]] = {}
+            offset, end = 0, None
+            while end is None or offset < end:
+                request = FetchRequest(
+                    max_wait_ms=100,
+                    min_bytes=1,
+                    max_bytes=_FETCH_BYTES,
+                    isolation_level=0,
+                    topics=[
+                        FetchRequest.FetchTopic(
+                            topic=topic,
+                            partitions=[
+                                FetchRequest.FetchTopic.FetchPartition(
+                                    partition=partition,
+                                    fetch_offset=offset,
+                                    partition_max_bytes=_FETCH_BYTES,
+                                )
+                            ],
+                        )
+                    ],
+                    min_version=4,
+                    max_version=10,
+                )
+                response = client.send_and_receive(node, request, timeout_ms=30_000)
+                data = response.responses[0].partitions[0]
+                assert data.error_code == 0, (topic, partition, data.error_code)
+                end = data.high_watermark
+                records = MemoryRecords(data.records)
+                start = offset
+                while (batch := records.next_batch()) is not None:
+                    offset = max(offset, batch.next_offset)
+                    if batch.base_offset + batch.last_offset_delta < start:
+                        continue
+                    if batch.is_control_batch:
+                        for marker in batch:
+                            kind = int.from_bytes(marker.key[2:4], "big")
+                            kept = pending.pop(batch.producer_id, [])
+                            if kind == _COMMIT:
+                                out.committed.extend(kept)
+                                out.transactions["commit"] += 1
+                            elif kind == _ABORT:
+                                out.aborted += len(kept)
+                                out.transactions["abort"] += 1
+                        continue
+                    rows = [(r.key, r.value) for r in batch if r.offset >= start]
+                    if batch.is_transactional:
+                        pending.setdefault(batch.producer_id, []).extend(rows)
+                    else:
+                        out.committed.extend(rows)
+                if offset == start:
+                    break  # nothing more below the high watermark (a compacted gap)
+            out.open += sum(len(rows) for rows in pending.values())
+        return out
+    finally:
+        client.close()
 
 
 class AircastRun:
