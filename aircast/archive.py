@@ -107,7 +107,7 @@ def _is_url(source: str | Path) -> bool:
     return isinstance(source, str) and source.startswith(("http://", "https://"))
 
 
-def _get(client: httpx.Client, url: str) -> httpx.Response | None:
+def get(client: httpx.Client, url: str) -> httpx.Response | None:
     """GET under the retry policy (no answer, 429 and 5xx tried again); ``None`` for 404."""
     policy = retrying(
         attempts=HTTP_RETRIES + 1,
@@ -148,7 +148,7 @@ def _day_files(source: str | Path, day: date) -> Iterator[tuple[str, str]]:
     if _is_url(source):
         base = str(source).rstrip("/")
         with httpx.Client(timeout=HTTP_TIMEOUT_S, follow_redirects=True) as client:
-            index = _get(client, f"{base}/{stamp}/")
+            index = get(client, f"{base}/{stamp}/")
             if index is None:
                 log.warning("archive day missing url=%s/%s/", base, stamp)
                 return
@@ -161,7 +161,7 @@ def _day_files(source: str | Path, day: date) -> Iterator[tuple[str, str]]:
                 }
             )
             for name in names:
-                response = _get(client, f"{base}/{stamp}/{name}")
+                response = get(client, f"{base}/{stamp}/{name}")
                 if response is None:
                     raise ArchiveError(f"archive lists {name} but it is missing ({base}/{stamp}/)")
                 yield name, _decode(name, response.content)

@@ -16,10 +16,39 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from aircast.archive_cache import PUBLIC_ARCHIVE, ArchiveUnavailable, ensure_archive, read_manifest
 from aircast.settings import Settings, StackSettings
 from aircast_cli.stack import control
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The archive days the tests read (sha256sum lines); see pytest_configure.
+ARCHIVE_MANIFEST = REPO / "tests" / "fixtures" / "archive-days.sha256"
+
+
+def archive_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "aircast" / "sensor-community" / "archive"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The real archive days the tests read: the local copy (``data.shared_dir``, the
+    checkout's ``../shared``) when it is there, else fetched once from the public archive
+    into the user's cache, checksummed, and every stage pointed at it through the
+    environment. Without either, the session stops with one message saying what is
+    missing and how to provide it."""
+    data = Settings().data
+    try:
+        root = ensure_archive(
+            read_manifest(ARCHIVE_MANIFEST),
+            local=data.archive_dir,
+            cache=archive_cache(),
+            base_url=os.environ.get("AIRCAST_TEST_ARCHIVE_URL", PUBLIC_ARCHIVE),
+        )
+    except ArchiveUnavailable as exc:
+        raise pytest.UsageError(str(exc)) from exc
+    if root != data.archive_dir:
+        os.environ["AIRCAST_DATA__SHARED_DIR"] = str(root.parent.parent)
 
 
 # Tests that use these need the real servers of the session stack: marked ``servers``

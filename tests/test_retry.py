@@ -323,11 +323,11 @@ def test_source_refusal_is_not_retried() -> None:
 def test_archive_get_retries_then_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(archive, "HTTP_BACKOFF", Backoff(first_s=0.05, max_s=0.05))
     with scripted(error(502), (200, {}, b"day index")) as (url, script), httpx.Client() as c:
-        response = archive._get(c, url + "/2024-01-01/")
+        response = archive.get(c, url + "/2024-01-01/")
         assert response is not None and response.content == b"day index"
         assert script.requests == 2
     with scripted(error(404)) as (url, script), httpx.Client() as c:
-        assert archive._get(c, url + "/2024-01-02/") is None
+        assert archive.get(c, url + "/2024-01-02/") is None
         assert script.requests == 1
 
 
