@@ -38,6 +38,7 @@ from aircast.simulator import SNAPSHOT_WINDOW_S
 from aircast_cli.stack import control
 from aircast_cli.stack.services import ray_job_drivers
 
+from . import oracle
 from .conftest import ANY_PORT_ENV
 from .helpers import AircastRun
 
@@ -267,7 +268,23 @@ def test_conservation_when_killed(run: Run, drill: str) -> None:
     # shard retried after its scraper died may have produced records its first attempt
     # already marked seen (the retry reports them as seen, not produced).
     assert audit.raw_distinct >= produced, (drill, summary, after[len(before) :])
+    if drill == "collector actor":
+        _oracle_agrees(settings, since - SNAPSHOT_WINDOW_S, until, audit)
     print(f"{drill}: killed with {busy_cpu_s:.2f} CPU-s in its last 0.1 s; {restarted}")
+
+
+def _oracle_agrees(settings: Settings, since: float, until: float, audit: Audit) -> None:
+    """The same span judged by the independent oracle (tests/oracle.py): every reading
+    its own reader expects is in InfluxDB once, with a value a raw record gave, and it
+    expects as many readings as the audit did."""
+    want = oracle.expected(oracle.raw_records(settings, since, until))
+    have = oracle.stored(settings, want)
+    lost = [k for k in want if k not in have]
+    wrong = [(k, have[k], want[k]) for k in want if k in have and not set(have[k]) <= want[k]]
+    twice = [(k, have[k]) for k in want if len(have.get(k, ())) > 1]
+    assert len(want) > 100, len(want)
+    assert (lost, wrong, twice) == ([], [], []), (len(want), lost[:10], wrong[:10], twice[:10])
+    assert len(want) == len(audit.occurrences), (len(want), audit.summary())
 
 
 def _job_driver_pid(settings: Settings, entry_module: str) -> int:
