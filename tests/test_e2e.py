@@ -30,9 +30,7 @@ import psutil
 import pytest
 
 from aircast.audit import Audit, run_audit
-from aircast.influx import InfluxV1
 from aircast.localhost import free_port
-from aircast.measures import MEASURES
 from aircast.settings import Settings, StackSettings
 from aircast.simulator import SNAPSHOT_WINDOW_S
 from aircast_cli.stack import control
@@ -91,20 +89,31 @@ def test_readings_reach_influxdb_and_the_api(run: Run) -> None:
     assert not unhealthy, unhealthy
     assert set(report) == {"redis", "kafka", "influxdb", "ray", "flink"}
 
-    names = ",".join(f'"{m.name}"' for m in MEASURES)
-    points = 0
+    # Every reading the first snapshots give, judged by the independent oracle, reaches
+    # InfluxDB with its value; the API lists every sensor they came from.
+    _after_next_snapshot(settings, 0)
+    want = oracle.expected(oracle.raw_records(settings, 0, time.time()))
+    assert len(want) > 600, len(want)  # 600 simulated sensors, most with 2+ values
     deadline = time.monotonic() + 180
-    with InfluxV1(settings.influx) as influx:
-        while time.monotonic() < deadline and points == 0:
-            rows = influx.rows(f'SELECT count("value") FROM {names}', settings.influx.raw_database)
-            points = sum(int(r["count"]) for r in rows)
-            time.sleep(2)
-    assert points > 0, run.app.out
+    while True:
+        have = oracle.stored(settings, want)
+        missing = [k for k in want if not set(have.get(k, ())) & want[k]]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert missing == [], (len(missing), len(want), missing[:10], run.app.out[-2000:])
 
     base = next(line.split("│")[2].strip() for line in run.app.lines if "live map" in line)
     base = base.removesuffix("/ui/")
-    sensors = httpx.get(f"{base}/sensors", timeout=30).json()
-    assert len(sensors["sensors"]) > 0
+    sources = {sensor for _, sensor, _ in want}
+    deadline = time.monotonic() + 60  # the listing is cached for serve.sensors_cache_s
+    while True:
+        body = httpx.get(f"{base}/sensors", timeout=30).json()
+        unlisted = sources - {s["id"] for s in body["sensors"]}
+        if not unlisted or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert unlisted == set(), (len(unlisted), len(sources), sorted(unlisted)[:10])
     assert any("ray job: ingest" in line for line in run.app.lines)
 
 
