@@ -141,7 +141,7 @@ def _start_pipeline(settings: Settings) -> Any:
     for name, value in ray_environment().items():
         os.environ.setdefault(name, value)
     from actors import pipeline
-    from actors.ingest import choose_source
+    from aircast.snapshots import choose_source
 
     source = choose_source(settings)  # probes the live API once; fails fast offline
     if source == "simulator":
