@@ -70,8 +70,22 @@ def readings_of(record: Any) -> Iterator[tuple[Key, float]]:
                 yield (measure, sensor_id, at), value
 
 
-def raw_records(settings: Settings, since: float, until: float) -> Iterator[Any]:
-    """The raw topic's records stamped in [since, until], parsed with json. Read until
+def raw_ends(settings: Settings) -> dict[int, int]:
+    """Each raw-topic partition's current end offset (kafka-python's ListOffsets)."""
+    k = settings.kafka
+    consumer = KafkaConsumer(bootstrap_servers=k.bootstrap_servers.split(","))
+    try:
+        parts = [TopicPartition(k.raw_topic, p) for p in consumer.partitions_for_topic(k.raw_topic)]
+        return {tp.partition: offset for tp, offset in consumer.end_offsets(parts).items()}
+    finally:
+        consumer.close()
+
+
+def raw_records(
+    settings: Settings, since: float, until: float, below: dict[int, int] | None = None
+) -> Iterator[Any]:
+    """The raw topic's records stamped in [since, until], parsed with json; with
+    ``below``, only those appended before those offsets (:func:`raw_ends`). Read until
     each partition's position passes its first high watermark seen after ``until`` (a
     fetch's, exact; ListOffsets may under-report the end by a batch)."""
     k = settings.kafka
@@ -91,7 +105,8 @@ def raw_records(settings: Settings, since: float, until: float) -> Iterator[Any]
             assert time.monotonic() < deadline, (stops, floors)
             for messages in consumer.poll(timeout_ms=500).values():
                 for m in messages:
-                    if low <= m.timestamp <= high:
+                    appended = below is None or m.offset < below.get(m.partition, 0)
+                    if appended and low <= m.timestamp <= high:
                         yield json.loads(m.value)
             for tp in parts:
                 mark = consumer.highwater(tp)
