@@ -62,12 +62,11 @@ SLICE_S = 3600  # InfluxDB is asked about at most an hour of readings at a time
 SUSPECTS_PER_QUERY = 100  # sensors whose points are read one by one, per query
 AUDIT_TIMEOUT_S = 600.0
 # At most about this many series per count query (a page of sensors: sensor_id mod
-# 10**k, as the Refresher reads histories), answered in chunks: influxd holds a query's
+# 10**k, as the Refresher reads histories), one row per series: influxd holds a query's
 # every series in memory while it answers, so one query over all of an hour's series at
 # 10x the network (~100,000 a measure) grows without bound, while a page's cost is
 # bounded by its size.
 SERIES_PER_QUERY = 2_000
-CHUNK_ROWS = 10_000
 
 
 def reading_id(reading: Reading) -> ReadingId:
@@ -339,7 +338,7 @@ def _series_counts(
             f'SELECT count("value"), sum("value") FROM {quote_ident(measure)} '
             f"WHERE {where} GROUP BY *"
         )
-        for series in influx.query(q, database, epoch="s", chunk_size=CHUNK_ROWS):
+        for series in influx.query(q, database, epoch="s"):
             tags = series.get("tags") or {}
             if tags.get("sensor_id") in (None, ""):
                 continue

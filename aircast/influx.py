@@ -2,8 +2,14 @@
 InfluxQL on ``/query`` (the v1 HTTP API of 1.x, the v1 compatibility API of 2.x, and
 3.x). Flux is deliberately not used: 3.x dropped it.
 
-Auth: username/password as Basic auth (1.x), or a token as ``Authorization: Token``
-(2.x/3.x). Transient failures (connection errors, 5xx) are retried under the policy of
+What this client may send is the contract of docs/influxdb.md: only the endpoints,
+parameters and statements 1.x, 2.x (v1 compatibility API) and 3.x (v1 API) all accept;
+tests/test_influx_contract.py records every request against a real server and holds
+the code to that table.
+
+Auth: username/password as Basic auth (every version; 3.x takes a token as the
+password), or a token as ``Authorization: Token`` (2.x/3.x). Transient failures
+(connection errors, 5xx) are retried under the policy of
 :mod:`aircast.retry` (``retries`` times, exponential backoff from ``backoff_s`` with
 jitter); 429, and 503 with ``Retry-After``, are back-pressure at once: a
 :class:`BackpressureError` with ``retry_after`` (the header, else ``backoff_s``), no
@@ -133,7 +139,22 @@ class InfluxV1:
             )
         if status >= 500:
             raise StorageError(f"InfluxDB failed ({status}): {message}", status)
-        raise StorageError(f"InfluxDB refused ({status}): {message}", status)
+        raise StorageError(
+            f"InfluxDB refused ({status}): {message}{self._missing_database_hint(message)}",
+            status,
+        )
+
+    def _missing_database_hint(self, message: str) -> str:
+        """What to do when the server does not know a database (1.x "database not
+        found", 2.x "bucket ... not found"): empty for any other message."""
+        if not re.search(r"(database|bucket).*not found", message, re.IGNORECASE):
+            return ""
+        if self.settings.manage_databases:
+            return " (the databases are created at start: did ensure_databases() run?)"
+        return (
+            " (influx.manage_databases is false: create the database outside aircast, on "
+            "2.x a bucket and its DBRP mapping, see docs/influxdb.md)"
+        )
 
     # -- API ---------------------------------------------------------------------
 
@@ -162,53 +183,31 @@ class InfluxV1:
         self._request("POST", "/write", params=params, content=body)
 
     def query(
-        self,
-        q: str,
-        database: str | None = None,
-        *,
-        epoch: str | None = None,
-        chunk_size: int | None = None,
+        self, q: str, database: str | None = None, *, epoch: str | None = None
     ) -> list[dict[str, Any]]:
         """Run InfluxQL; returns the ``series`` of every statement, flattened.
 
-        ``chunk_size``: the server answers in chunks of at most that many rows (the v1
-        API's ``chunked``), each sent as it is made, instead of one answer built whole
-        in its memory: for queries over many series (every sensor's history; at 10x the
-        network ~100,000 series a measure). A series cut across chunks is joined again.
-
-        A statement error (e.g. a syntax error) is a :class:`StorageError`.
+        Never a chunked answer: 2.x's v1 compatibility API does not chunk
+        (docs/influxdb.md), so a caller bounds an answer's size by paging sensors
+        (:mod:`aircast.queries`). A statement error (e.g. a syntax error) is a
+        :class:`StorageError`.
         """
         params: dict[str, str] = {"q": q}
         if database:
             params["db"] = database
         if epoch:
             params["epoch"] = epoch
-        if chunk_size:
-            params.update(chunked="true", chunk_size=str(chunk_size))
         # POST: InfluxQL that changes state (CREATE, DROP) must not be a GET.
         response = self._request("POST", "/query", data=params)
-        # orjson: an audit decodes answers of up to a gigabyte, where the stdlib's json
-        # is the bottleneck; InfluxDB writes no NaN or big integers orjson refuses.
-        payloads = (
-            [orjson.loads(line) for line in response.content.splitlines() if line.strip()]
-            if chunk_size
-            else [orjson.loads(response.content)]
-        )
+        # orjson: an audit decodes many large answers, where the stdlib's json is the
+        # bottleneck; InfluxDB writes no NaN or big integers orjson refuses.
+        payload = orjson.loads(response.content)
         series: list[dict[str, Any]] = []
-        for payload in payloads:
-            for result in payload.get("results", []):
-                if "error" in result:
-                    raise StorageError(f"InfluxQL error: {result['error']} (query: {q})")
-                for part in result.get("series", []):
-                    # A chunked answer marks a series continued in the next chunk "partial".
-                    last = series[-1] if series else None
-                    if last is not None and last.get("partial") and _same_series(last, part):
-                        last["values"].extend(part.get("values", []))
-                        last["partial"] = part.get("partial", False)
-                    else:
-                        series.append(part)
-        for part in series:
-            part.pop("partial", None)
+        for result in payload.get("results", []):
+            if "error" in result:
+                hint = self._missing_database_hint(str(result["error"]))
+                raise StorageError(f"InfluxQL error: {result['error']} (query: {q}){hint}")
+            series.extend(result.get("series", []))
         return series
 
     def rows(
@@ -239,8 +238,22 @@ class InfluxV1:
         )
 
     def ensure_databases(self) -> None:
-        """Every database aircast writes, with its retention (no manual step)."""
+        """Every database aircast writes, with its retention (no manual step).
+
+        Only with ``influx.manage_databases`` (InfluxDB 1.x): ``CREATE DATABASE`` and
+        ``CREATE``/``ALTER RETENTION POLICY`` are 1.x statements. On 2.x the deployment
+        creates the buckets and their DBRP mappings (kuberay's influxdb-provision Job);
+        3.x creates a database at its first write and sets retention on the database.
+        Without it nothing is sent at all; a write to a database that does not exist then
+        fails with the server's "not found" and a hint (:func:`_missing_database_hint`)."""
         if not self.settings.manage_databases:
+            log.info(
+                "influx databases are provisioned outside aircast (influx.manage_databases "
+                "is false) raw=%s aggregates=%s predictions=%s",
+                self.settings.raw_database,
+                self.settings.aggregates_database,
+                self.settings.predictions_database,
+            )
             return
         s = self.settings
         for name, retention in (
@@ -270,10 +283,6 @@ def _transient(exc: BaseException) -> bool:
         and not isinstance(exc, BackpressureError)
         and (exc.status or 0) >= 500
     )
-
-
-def _same_series(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return (a.get("name"), a.get("tags")) == (b.get("name"), b.get("tags"))
 
 
 def _error_text(response: httpx.Response) -> str:
