@@ -4,9 +4,17 @@
 * :func:`latest_checkpoint` — the retained checkpoint a (re)started job resumes from;
 * :func:`kafka_properties` / :func:`sink_ddl` — the Kafka clients' options.
 
-Checkpoints live under ``<checkpoint_dir>/<job id>/chk-<n>/_metadata`` and are kept
-when the job is cancelled or killed (externalized, ``RETAIN_ON_CANCELLATION``), so the
-next start finds the newest complete one and carries on from its offsets and state.
+Two modes (:data:`Mode`):
+
+* ``local`` (the local stack, tests): the job owns its mini-cluster. Checkpoints live
+  under ``<checkpoint_dir>/<job id>/chk-<n>/_metadata`` and are kept when the job is
+  cancelled or killed (externalized, ``RETAIN_ON_CANCELLATION``), so the next start
+  finds the newest complete one and carries on from its offsets and state.
+* ``managed`` (the Flink Kubernetes operator, a FlinkDeployment): the operator owns
+  checkpoint and savepoint storage, the restore path of every (re)start and upgrade,
+  and the parallelism. The job sets none of :data:`OPERATOR_OWNED`; they come from the
+  FlinkDeployment (``flinkConfiguration``, ``job.parallelism``, ``upgradeMode``,
+  ``initialSavepointPath``), and ``flink.options`` may not set them either.
 """
 
 from __future__ import annotations
@@ -16,8 +24,29 @@ import os
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Literal
 
+from aircast.errors import ConfigError
 from aircast.settings import KafkaSettings, Settings
+
+Mode = Literal["local", "managed"]
+MODES: tuple[Mode, ...] = ("local", "managed")
+# What the Flink Kubernetes operator decides in managed mode. A job that set these would
+# fight it: its own restore path overrides the checkpoint or savepoint the operator
+# upgrades from (last-state, savepoint), ignore-unclaimed-state is allowNonRestoredState
+# by another name, and parallelism.default overrides spec.job.parallelism and the
+# operator's autoscaler.
+OPERATOR_OWNED: tuple[str, ...] = (
+    "parallelism.default",
+    "execution.state-recovery.path",
+    "execution.state-recovery.ignore-unclaimed-state",
+    "execution.state-recovery.claim-mode",
+    "execution.checkpointing.storage",
+    "execution.checkpointing.dir",
+    "execution.checkpointing.savepoint-dir",
+    "execution.checkpointing.externalized-checkpoint-retention",
+    "execution.checkpointing.num-retained",
+)
 
 JOB_NAME = "aircast-flink"
 # Where the job's packages (flink, aircast) are: the embedded interpreter imports them.
@@ -52,19 +81,19 @@ def _checkpoint_number(path: Path) -> int:
         return -1
 
 
-def flink_configuration(settings: Settings, resume_from: Path | None) -> dict[str, str]:
-    """The mini-cluster's configuration (Flink 2.0 option names)."""
+def flink_configuration(
+    settings: Settings, resume_from: Path | None, mode: Mode = "local"
+) -> dict[str, str]:
+    """The job's configuration (Flink 2.0 option names). ``local``: everything, for the
+    job's own mini-cluster; ``managed``: none of :data:`OPERATOR_OWNED` (a ``resume_from``
+    or an operator-owned key in ``flink.options`` is a :class:`ConfigError`)."""
     f = settings.flink
     exactly_once = f.delivery == "exactly-once"
     conf = {
         "pipeline.name": JOB_NAME,
-        "parallelism.default": str(f.parallelism),
+        # How often and how consistently: the job's delivery guarantee depends on them.
         "execution.checkpointing.interval": f"{f.checkpoint_interval_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE" if exactly_once else "AT_LEAST_ONCE",
-        "execution.checkpointing.storage": "filesystem",
-        "execution.checkpointing.dir": f.checkpoint_dir.resolve().as_uri(),
-        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
-        "execution.checkpointing.num-retained": "2",
         # Chained operators hand records on without a defensive copy: the SQL operators
         # are built for it and the Python ones convert what they get (bench-flink: the
         # job ~15 % faster).
@@ -82,6 +111,29 @@ def flink_configuration(settings: Settings, resume_from: Path | None) -> dict[st
         # process-mode workers, so thread mode found them only when started from here.
         "python.pythonpath": os.pathsep.join([str(PROJECT_DIR), sysconfig.get_paths()["purelib"]]),
     }
+    if mode == "managed":
+        if resume_from is not None:
+            raise ConfigError(
+                "managed mode: the operator chooses the restore path (upgradeMode, "
+                "initialSavepointPath), the job does not"
+            )
+        owned = sorted(set(f.options) & set(OPERATOR_OWNED))
+        if owned:
+            raise ConfigError(
+                f"managed mode: flink.options sets {', '.join(owned)}, which the Flink "
+                "operator owns; set them in the FlinkDeployment instead"
+            )
+        conf.update(f.options)
+        return conf
+    conf.update(
+        {
+            "parallelism.default": str(f.parallelism),
+            "execution.checkpointing.storage": "filesystem",
+            "execution.checkpointing.dir": f.checkpoint_dir.resolve().as_uri(),
+            "execution.checkpointing.externalized-checkpoint-retention": ("RETAIN_ON_CANCELLATION"),
+            "execution.checkpointing.num-retained": "2",
+        }
+    )
     if resume_from is not None:
         conf["execution.state-recovery.path"] = resume_from.resolve().as_uri()
         # A checkpoint of an earlier topology (other operators, e.g. before the dedupe

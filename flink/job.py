@@ -5,6 +5,14 @@ on a local mini-cluster in the foreground until SIGTERM/SIGINT, then cancels the
 (its checkpoints are retained) and exits; the JVM exits with it (it watches this
 process's pipe, so even ``kill -9`` leaves no JVM behind).
 
+``--mode managed`` is how the Flink Kubernetes operator runs it (a FlinkDeployment,
+application mode, the Python driver in the JobManager): the job is built without any
+option the operator owns (:data:`flink.config.OPERATOR_OWNED`: restore path,
+checkpoint and savepoint storage, parallelism), submitted, and the driver returns. It
+never chooses a checkpoint to resume from and never cancels the job: a cancelled job is
+terminal and its HA metadata, which a ``last-state`` upgrade resumes from, is deleted.
+Stopping, upgrading and restoring are the operator's (kuberay/README.md, docs/flink.md).
+
 Topology (parallelism ``flink.parallelism``; see :mod:`flink.topology`)::
 
     raw topic → KafkaSource → FastSplit (JVM) ─(a clean record's readings)──┐
@@ -77,7 +85,14 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from aircast.settings import Settings, load_settings
-from flink.config import JOB_NAME, flink_configuration, lane_jar, latest_checkpoint
+from flink.config import (
+    JOB_NAME,
+    MODES,
+    Mode,
+    flink_configuration,
+    lane_jar,
+    latest_checkpoint,
+)
 
 if TYPE_CHECKING:  # PyFlink is imported at run time only where the job runs
     from pyflink.common import JobClient
@@ -88,13 +103,33 @@ log = logging.getLogger("flink.job")
 _TERMINAL = {"FINISHED", "CANCELED", "FAILED", "SUSPENDED"}
 
 
-def build(settings: Settings, resume_from: Path | None) -> StreamExecutionEnvironment:
+def build(
+    settings: Settings, resume_from: Path | None, mode: Mode = "local"
+) -> StreamExecutionEnvironment:
     """The configured execution environment with the whole topology attached."""
     from flink.topology import attach, environment
 
-    env = environment(flink_configuration(settings, resume_from))
+    env = environment(flink_configuration(settings, resume_from, mode))
     attach(env, settings)
     return env
+
+
+def run_managed(settings: Settings) -> int:
+    """Submit the job to the cluster the operator runs, and return: no restore path of
+    its own (the operator starts the cluster from the checkpoint or savepoint it chose),
+    no signal handler (SIGTERM ends this driver, never the job), no cancel."""
+    log.info(
+        "flink job starting (managed: restore path, checkpoint storage and parallelism "
+        "are the operator's) raw=%s readings=%s aggregates=%s dead_letter=%s delivery=%s",
+        settings.kafka.raw_topic,
+        settings.kafka.readings_topic,
+        settings.kafka.aggregates_topic,
+        settings.kafka.dead_letter_topic,
+        settings.flink.delivery,
+    )
+    client = build(settings, None, "managed").execute_async(JOB_NAME)
+    log.info("flink job submitted job_id=%s; the operator owns it", client.get_job_id())
+    return 0
 
 
 def explain(settings: Settings) -> int:
@@ -232,6 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--explain", action="store_true", help="print the job's SQL plan and exit (no run)"
     )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="local",
+        help="local: own mini-cluster, resume from the newest checkpoint, cancel on "
+        "SIGTERM; managed: under the Flink Kubernetes operator, which owns restores, "
+        "checkpoint storage, parallelism and stopping",
+    )
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     if args.explain:
@@ -243,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     log.setLevel(settings.log_level)
     log.propagate = False
+    if args.mode == "managed":
+        # The operator's JobManager runs this driver against its own JVM: no local JVM
+        # to prepare, no folder of ours to empty or to work in (its root is read-only).
+        return run_managed(settings)
     settings = local_jvm(settings)
     # The JVM, and in thread mode the Python functions inside it, run in the log folder:
     # the embedded interpreter imports from its working directory first, and the stack

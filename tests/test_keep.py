@@ -167,3 +167,34 @@ def test_the_keeper_resubmits_a_failed_stage_and_a_new_keeper_adopts_the_jobs(
     assert keeper.proc.wait(timeout=60) == 0
     assert "the jobs keep running" in keeper.text()
     assert _jobs(settings, raw)["collect"][-1][1] == "RUNNING"
+
+
+def test_the_keeper_waits_for_a_dashboard_that_does_not_answer(tmp_path: Path) -> None:
+    """A keeper started before its cluster's head (or while the head restarts) keeps
+    checking and stays alive for its liveness probe, instead of crashing into a restart
+    loop; SIGTERM still ends it cleanly."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    alive = tmp_path / "alive"
+    log = tmp_path / "keeper.log"
+    env = {
+        **os.environ,
+        "AIRCAST_RAY__DASHBOARD_URL": f"http://127.0.0.1:{port}",
+        "AIRCAST_STACK__STATE_DIR": str(tmp_path / "no-stack"),
+    }
+    argv = [AIRCAST, "keep", "--every", "0.5", "--alive-file", str(alive)]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait("two failed checks", lambda: log.read_text().count("keeper check failed") >= 2, 90)
+        first = alive.stat().st_mtime
+        _wait("the alive file touched again", lambda: alive.stat().st_mtime > first, 30)
+        assert proc.poll() is None, log.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, log.read_text()
+    assert f"url=http://127.0.0.1:{port}" in log.read_text()

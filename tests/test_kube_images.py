@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "kuberay" / "images"
 DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
 # Top-level folders of the project's code (pyproject: packages aircast*, actors*, ...).
-CODE_DIRS = ("aircast", "actors", "serve", "training", "flink")
+CODE_DIRS = ("aircast", "aircast_cli", "actors", "serve", "training", "flink")
 FLINK_VENV_LIB = REPO / ".venv-flink" / "lib" / "python3.11" / "site-packages" / "pyflink" / "lib"
 
 
@@ -285,6 +285,25 @@ def test_images_match_the_deployed_versions() -> None:
     assert flink[-1].image in sources
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert f'"apache-flink=={version}"' in pyproject
+
+
+def copied_code(stages: list[Stage]) -> set[str]:
+    """The project's top-level code folders the last stage copies in."""
+    return {
+        source.rstrip("/").split("/")[0]
+        for ins in stages[-1].instructions
+        if _copies_code(ins)
+        for source in ins.words()[:-1]
+    }
+
+
+def test_the_ray_image_holds_every_package_its_pods_run() -> None:
+    """The Ray pods run the app, the stages and training; the keeper and backfills run
+    the `aircast` command, whose package (aircast_cli) the image must hold too: the
+    console script alone fails on its first import."""
+    ray = parse_dockerfile((IMAGES / "ray" / "Dockerfile").read_text(encoding="utf-8"))
+    assert {"aircast", "aircast_cli", "actors", "serve", "training"} <= copied_code(ray)
+    assert copied_code(parse_dockerfile(BROKEN)) == {"aircast"}
 
 
 # -- tests: the rules refuse what they should --------------------------------------------------

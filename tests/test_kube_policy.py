@@ -31,7 +31,17 @@ import pytest
 import yaml
 
 from aircast.settings import CollectSettings, FlinkSettings, KafkaSettings
-from tests.test_kuberay import KUBERAY, TARGETS, Doc, _of, _one, render
+from aircast_cli.commands.keep import STAGES
+from tests.test_kuberay import (
+    KUBERAY,
+    TARGETS,
+    Doc,
+    _of,
+    _one,
+    keeper_containers,
+    keeper_stage_envs,
+    render,
+)
 
 RESTRICTED_VOLUMES = {
     *("configMap", "csi", "downwardAPI", "emptyDir", "ephemeral"),
@@ -543,6 +553,33 @@ def reachable(docs: list[Doc], target: dict[str, str], port: int, src: Source) -
     return False
 
 
+def egress_allowed(
+    docs: list[Doc], src: dict[str, str], dest: Source, port: int, protocol: str = "TCP"
+) -> bool:
+    """May a pod in aircast labelled ``src`` open a connection to ``port`` of ``dest``,
+    under the egress rules of the NetworkPolicies in ``docs``?"""
+    selecting = [
+        p
+        for p in _of(docs, "NetworkPolicy")
+        if "Egress" in p["spec"].get("policyTypes", []) and selects(p["spec"]["podSelector"], src)
+    ]
+    if not selecting:
+        return True
+    for policy in selecting:
+        for rule in policy["spec"].get("egress", []):
+            ports = rule.get("ports")
+            if ports and not any(
+                p.get("protocol", "TCP") == protocol
+                and int(p["port"]) <= port <= int(p.get("endPort", p["port"]))
+                for p in ports
+            ):
+                continue
+            peers = rule.get("to")
+            if not peers or any(_peer_matches(peer, dest, "aircast") for peer in peers):
+                return True
+    return False
+
+
 def _pod(all_pods: list[Pod], where: str) -> dict[str, str]:
     (found,) = [p for p in all_pods if p.where == where]
     return found.labels
@@ -567,6 +604,7 @@ def test_network_policies(target: str, rendered: dict[str, list[Doc]]) -> None:
     prometheus = _pod(all_pods, "Deployment/prometheus")
     provision = _pod(all_pods, "Job/influxdb-provision")
     exporter = _pod(all_pods, "Kafka/aircast exporter")
+    keeper = _pod(all_pods, "Deployment/aircast-keeper")
 
     def inside(labels: dict[str, str]) -> Source:
         return source("aircast", {}, labels)
@@ -588,6 +626,11 @@ def test_network_policies(target: str, rendered: dict[str, list[Doc]]) -> None:
         ("dashboard not from its own workers", pipe_head, 8265, inside(pipe_worker), False),
         ("dashboard not from Serve", pipe_head, 8265, inside(serve_worker), False),
         ("dashboard not from Grafana", serve_head, 8265, inside(grafana), False),
+        ("pipeline job API from the keeper", pipe_head, 8265, inside(keeper), True),
+        ("Serve's job API not from the keeper", serve_head, 8265, inside(keeper), False),
+        ("GCS not from the keeper", pipe_head, 6379, inside(keeper), False),
+        ("Flink REST not from the keeper", jm, 8081, inside(keeper), False),
+        ("nothing reaches the keeper", keeper, 8080, inside(pipe_head), False),
         ("GCS from the cluster's workers", pipe_head, 6379, inside(pipe_worker), True),
         ("raylet ports within a cluster", pipe_worker, 12345, inside(pipe_head), True),
         ("GCS not from the other cluster", pipe_head, 6379, inside(serve_worker), False),
@@ -629,6 +672,18 @@ def test_network_policies(target: str, rendered: dict[str, list[Doc]]) -> None:
     ]
     assert not wrong, "\n".join(wrong)
 
+    # The keeper's egress: names and the pipeline head's job API, nothing else; no
+    # other pod's egress is restricted (the scrapers fetch the feed from the internet).
+    dns = source("kube-system", {}, {"k8s-app": "kube-dns"})
+    assert egress_allowed(docs, keeper, dns, 53, "UDP")
+    assert egress_allowed(docs, keeper, dns, 53, "TCP")
+    assert egress_allowed(docs, keeper, inside(pipe_head), 8265)
+    assert not egress_allowed(docs, keeper, inside(pipe_head), 6379)
+    assert not egress_allowed(docs, keeper, inside(serve_head), 8265)
+    assert not egress_allowed(docs, keeper, inside(redis), 6379)
+    assert not egress_allowed(docs, keeper, outsider, 443)
+    assert egress_allowed(docs, pipe_worker, outsider, 443)
+
     # Kafka's listener (Strimzi turns its peers into the listener's NetworkPolicy).
     (listener,) = _one(docs, "Kafka", "aircast")["spec"]["kafka"]["listeners"]
     peers = listener["networkPolicyPeers"]
@@ -641,6 +696,7 @@ def test_network_policies(target: str, rendered: dict[str, list[Doc]]) -> None:
     assert kafka_allows(operator_ns) and kafka_allows(admin_pod)
     assert not kafka_allows(inside(serve_worker))
     assert not kafka_allows(inside(grafana)) and not kafka_allows(outsider)
+    assert not kafka_allows(inside(keeper))  # its jobs log in from the Ray pods
 
 
 def test_network_evaluator_semantics() -> None:
@@ -739,21 +795,28 @@ def test_each_component_logs_in_as_its_own_user(rendered: dict[str, list[Doc]]) 
             "key": "password",
         }
         logins["flink"] = name
-        # RayJobs: username and a ${VAR} the pipeline pods take from that user's Secret.
+        # Ray jobs (the keeper's stages, RayJobs): username and a ${VAR} the pipeline pods
+        # take from that user's Secret.
         pipeline = pods([_one(docs, "RayCluster", "aircast-pipeline")])
+        jobs: list[tuple[str, dict[str, str]]] = []
         for job in [*_of(docs, "RayJob"), backfill]:
             runtime = yaml.safe_load(job["spec"].get("runtimeEnvYAML") or "{}") or {}
-            vars_ = runtime.get("env_vars", {})
+            jobs.append((job["spec"]["entrypoint"], runtime.get("env_vars", {})))
+        (keeper,) = keeper_containers(_one(docs, "Deployment", "aircast-keeper"))
+        assert not [e for e in keeper["env"] if "valueFrom" in e]  # the keeper holds none
+        for stage, env in keeper_stage_envs(keeper).items():
+            jobs.append((f"python -m {STAGES[stage]}", env))
+        for entrypoint, vars_ in jobs:
             if "AIRCAST_KAFKA__SASL_USERNAME" not in vars_:
-                assert job["spec"]["entrypoint"] == "python -m training.job"  # no Kafka
+                assert entrypoint == "python -m training.job"  # no Kafka
                 continue
             user = vars_["AIRCAST_KAFKA__SASL_USERNAME"]
             var = re.fullmatch(r"\$\{(\w+)\}", vars_["AIRCAST_KAFKA__SASL_PASSWORD"]).group(1)
             for pod in pipeline:
                 ray = next(c for c in pod.containers if c["name"].startswith("ray-"))
                 ref = next(e for e in ray["env"] if e["name"] == var)["valueFrom"]["secretKeyRef"]
-                assert ref == {"name": user, "key": "password"}, (job["metadata"], ref)
-            logins[job["spec"]["entrypoint"]] = user
+                assert ref == {"name": user, "key": "password"}, (entrypoint, ref)
+            logins[entrypoint] = user
         assert set(logins.values()) == users
         assert len(set(logins.values())) == len(logins)  # no two components share a user
 

@@ -10,6 +10,7 @@ writes. Broken manifests under tests/fixtures/kuberay prove each check can fail.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import re
@@ -26,8 +27,9 @@ import yaml
 
 from aircast import telemetry
 from aircast.measures import MEASURES
+from aircast.queries import StoredForecast, forecast_lines
 from aircast.records import Aggregate, Reading
-from aircast.settings import KafkaSettings, Settings
+from aircast.settings import FlinkSettings, KafkaSettings, ServeSettings, Settings
 from tests.kube_validation import (
     CustomKind,
     load_crds,
@@ -42,6 +44,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kuberay"
 TARGETS = ("base", "overlays/minikube", "overlays/production")
 SECRET = "aircast-secrets"
 OWN_IMAGES = {"aircast-ray": "ray", "aircast-flink": "flink"}  # name -> kuberay/images/<dir>
+ALERTING_DIR = "/etc/grafana/provisioning/alerting"
 
 Doc = dict[str, Any]
 
@@ -158,6 +161,45 @@ def runtime_env_vars(doc: Doc) -> dict[str, str]:
     return {} if not text else dict(yaml.safe_load(text).get("env_vars", {}))
 
 
+KEEPER_CLUSTER = "aircast-pipeline"  # the cluster whose job API the keeper drives
+
+
+def keeper_containers(doc: Doc) -> list[Doc]:
+    """The containers of ``doc`` that run ``aircast keep``."""
+    return [
+        c
+        for spec in pod_specs(doc)
+        for c in spec["containers"]
+        if [*c.get("command", []), *c.get("args", [])][:2] == ["aircast", "keep"]
+    ]
+
+
+def keeper_stage_envs(container: Doc) -> dict[str, dict[str, str]]:
+    """Stage -> the runtime environment the keeper gives that stage's Ray job (its
+    ``--env STAGE:NAME=VALUE`` options, parsed as aircast_cli/commands/keep.py does)."""
+    from aircast_cli.commands.keep import stage_env
+
+    argv = [str(a) for a in [*container.get("command", []), *container.get("args", [])]]
+    pairs: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--env="):
+            pairs.append(arg.removeprefix("--env="))
+        elif arg == "--env" and i + 1 < len(argv):
+            pairs.append(argv[i + 1])
+    return stage_env(pairs)
+
+
+def job_environments(doc: Doc) -> list[tuple[str, dict[str, str]]]:
+    """The runtime environments of the Ray jobs ``doc`` submits to a cluster: a RayJob's
+    own, and each stage's of a keeper."""
+    where = f"{doc['kind']}/{doc['metadata'].get('name') or doc['metadata'].get('generateName')}"
+    out = [(f"{where}/runtimeEnv", runtime_env_vars(doc))] if runtime_env_vars(doc) else []
+    for c in keeper_containers(doc):
+        for stage, env in keeper_stage_envs(c).items():
+            out.append((f"{where}/{c['name']} stage {stage}", env))
+    return out
+
+
 # -- checks (each returns problems, so fixtures can prove it fails) -------------------------
 
 _TOP_LEVEL_ENV = {"AIRCAST_CONFIG"}
@@ -190,8 +232,7 @@ def env_problems(docs: list[Doc], monkeypatch: pytest.MonkeyPatch) -> list[str]:
         for spec in pod_specs(doc):
             for c in containers(spec):
                 environments.append((f"{where}/{c['name']}", container_env(docs, c)))
-        if runtime_env_vars(doc):
-            environments.append((f"{where}/runtimeEnv", runtime_env_vars(doc)))
+        environments += job_environments(doc)
         if doc["kind"] == "ConfigMap":
             environments.append((where, dict(doc.get("data", {}))))
     for where, env in environments:
@@ -275,20 +316,28 @@ def secret_problems(docs: list[Doc]) -> list[str]:
 
 
 def runtime_env_secret_problems(docs: list[Doc]) -> list[str]:
-    """A RayJob's runtime environment is plain text in the resource: a secret setting there
-    must be a ${VAR} reference (Ray expands it on the cluster's pods) to a variable every
-    pod of the selected cluster takes from a Secret, and the job must be submitted in
-    HTTPMode (K8sJobMode's submitter shell would expand the reference itself)."""
+    """A Ray job's runtime environment is plain text (in a RayJob, or on the keeper's
+    command line): a secret setting there must be a ${VAR} reference (Ray expands it on
+    the cluster's pods) to a variable every pod of the job's cluster takes from a Secret,
+    and a RayJob must be submitted in HTTPMode (K8sJobMode's submitter shell would expand
+    the reference itself)."""
     problems: list[str] = []
+    jobs: list[tuple[str, dict[str, str], str | None]] = []
     for job in _of(docs, "RayJob"):
         where = f"RayJob/{job['metadata'].get('name') or job['metadata'].get('generateName')}"
         env = runtime_env_vars(job)
+        secret = any(re.search(r"PASSWORD|TOKEN", n) for n in env)
+        if secret and job["spec"].get("submissionMode") != "HTTPMode":
+            problems.append(f"{where}: secret references need submissionMode HTTPMode")
+        jobs.append((where, env, job["spec"].get("clusterSelector", {}).get("ray.io/cluster")))
+    for doc in docs:
+        if doc["kind"] != "RayJob":
+            for where, env in job_environments(doc):
+                jobs.append((where, env, KEEPER_CLUSTER))
+    for where, env, cluster in jobs:
         refs = {n: v for n, v in env.items() if re.search(r"PASSWORD|TOKEN", n)}
         if not refs:
             continue
-        if job["spec"].get("submissionMode") != "HTTPMode":
-            problems.append(f"{where}: secret references need submissionMode HTTPMode")
-        cluster = job["spec"].get("clusterSelector", {}).get("ray.io/cluster")
         found = [d for d in _of(docs, "RayCluster") if d["metadata"]["name"] == cluster]
         specs = [s for d in found for s in pod_specs(d)]
         for name, value in refs.items():
@@ -413,12 +462,15 @@ def written() -> dict[str, tuple[set[str], set[str]]]:
         max=1.5,
         count=3,
     )
+    forecast = StoredForecast(1, "P1", "persistence", "v1", 1_700_000_400, {1: 1.0})
     influx = Settings().influx
     _, raw_tags, raw_fields = _parse_line(reading.line())
     _, agg_tags, agg_fields = _parse_line(aggregate.line())
+    _, pred_tags, pred_fields = _parse_line(forecast_lines([forecast])[0])
     return {
         influx.raw_database: (raw_tags, raw_fields),
         influx.aggregates_database: (agg_tags, agg_fields),
+        influx.predictions_database: (pred_tags, pred_fields),
     }
 
 
@@ -618,10 +670,39 @@ def test_secrets_only_by_reference(target: str, rendered: dict[str, list[Doc]]) 
 
 
 def test_runtime_env_secrets_are_references(rendered: dict[str, list[Doc]]) -> None:
-    """The pipeline's RayJobs carry their Kafka password as ${VAR}, never as a value."""
+    """The keeper gives the streaming stages' jobs their Kafka password as ${VAR}, never
+    as a value; a leaky RayJob or keeper is refused."""
     docs = rendered["base"]
-    jobs = {d["metadata"]["name"]: runtime_env_vars(d) for d in _of(docs, "RayJob")}
-    assert jobs["aircast-ingest"]["AIRCAST_KAFKA__SASL_PASSWORD"] == "${KAFKA_INGEST_PASSWORD}"
+    (keeper,) = keeper_containers(_one(docs, "Deployment", "aircast-keeper"))
+    stages = keeper_stage_envs(keeper)
+    assert stages["ingest"]["AIRCAST_KAFKA__SASL_PASSWORD"] == "${KAFKA_INGEST_PASSWORD}"
+    assert stages["collect"]["AIRCAST_KAFKA__SASL_PASSWORD"] == "${KAFKA_COLLECT_PASSWORD}"
+    leaky_keeper = yaml.safe_load(
+        """
+        apiVersion: apps/v1
+        kind: Deployment
+        metadata: {name: leaky-keeper}
+        spec:
+          selector: {matchLabels: {app: k}}
+          template:
+            metadata: {labels: {app: k}}
+            spec:
+              containers:
+                - name: keeper
+                  image: aircast-ray:0.1.0
+                  command: [aircast, keep]
+                  args:
+                    - --env=ingest:AIRCAST_KAFKA__SASL_PASSWORD=hunter2
+                    - --env
+                    - collect:AIRCAST_KAFKA__SASL_PASSWORD=${NOT_ON_THE_PODS}
+        """
+    )
+    problems = runtime_env_secret_problems([*docs, leaky_keeper])
+    assert any(
+        "leaky-keeper/keeper stage ingest: AIRCAST_KAFKA__SASL_PASSWORD has a literal value" in p
+        for p in problems
+    ), problems
+    assert any("stage collect" in p and "${NOT_ON_THE_PODS}" in p for p in problems), problems
     broken = yaml.safe_load(
         """
         apiVersion: ray.io/v1
@@ -694,7 +775,7 @@ def test_images_match_the_versions_deployed(rendered: dict[str, list[Doc]]) -> N
         flink = _one(docs, "FlinkDeployment", "aircast-flink")["spec"]
         assert flink["flinkVersion"] == "v2_0"
         assert flink["job"]["jarURI"] == "local:///opt/flink/opt/flink-python-2.0.1.jar"
-        assert flink["job"]["args"] == ["-py", "/opt/aircast/flink/job.py"]
+        assert flink["job"]["args"] == ["-py", "/opt/aircast/flink/job.py", "--mode", "managed"]
     production = rendered["overlays/production"]
     images = {c.get("image") for d in production for s in pod_specs(d) for c in containers(s)}
     assert "registry.example.com/aircast/ray:0.1.0" in images
@@ -742,12 +823,28 @@ def test_the_local_serve_config_deploys_what_the_rayservice_does(
 
 
 def test_pipeline_jobs_run_the_stage_modules(rendered: dict[str, list[Doc]]) -> None:
+    """The streaming stages are the keeper's (one keeper, on the pipeline cluster's job
+    API, never two at once); no RayJob runs them. Training and backfills are RayJobs."""
+    from aircast.settings import RaySettings
+    from aircast_cli.commands.keep import STAGES
+
+    assert STAGES == {"ingest": "actors.ingest", "collect": "actors.collect"}
+    for docs in rendered.values():
+        assert not _of(docs, "RayJob"), "the streaming stages are the keeper's, not RayJobs'"
+        deployment = _one(docs, "Deployment", "aircast-keeper")
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        (keeper,) = keeper_containers(deployment)
+        env = {e["name"]: e["value"] for e in keeper["env"]}
+        url = env["AIRCAST_RAY__DASHBOARD_URL"]
+        assert url == f"http://{KEEPER_CLUSTER}-head-svc:8265"
+        assert RaySettings(dashboard_url=url).dashboard_url == url
+        assert ("RayCluster", KEEPER_CLUSTER) in {(d["kind"], d["metadata"]["name"]) for d in docs}
+        # The liveness probe reads the file the keeper touches.
+        probe = " ".join(keeper["livenessProbe"]["exec"]["command"])
+        alive = next(a for a in keeper["args"] if a.startswith("--alive-file="))
+        assert alive.removeprefix("--alive-file=") in probe
     docs = rendered["base"]
-    entrypoints = {d["metadata"]["name"]: d["spec"]["entrypoint"] for d in _of(docs, "RayJob")}
-    assert entrypoints == {
-        "aircast-ingest": "python -m actors.ingest",
-        "aircast-collect": "python -m actors.collect",
-    }
     template = load_documents(config_map_data(docs, "aircast-train-rayjob")["rayjob-train.yaml"])
     assert template[0]["spec"]["entrypoint"] == "python -m training.job"
     backfill = load_documents((KUBERAY / "jobs" / "rayjob-backfill.yaml").read_text())[0]
@@ -820,20 +917,128 @@ def test_influx_provisioning_matches_settings(rendered: dict[str, list[Doc]]) ->
 def test_flink_checkpoints_on_persistent_storage(
     target: str, rendered: dict[str, list[Doc]]
 ) -> None:
+    """Checkpoints, savepoints and HA metadata on the shared claim every Flink pod mounts
+    (a JobManager on another node finds them)."""
     docs = rendered[target]
     spec = _one(docs, "FlinkDeployment", "aircast-flink")["spec"]
     pod = spec["podTemplate"]["spec"]
     main = next(c for c in pod["containers"] if c["name"] == "flink-main-container")
-    env = container_env(docs, main)
-    assert int(env["AIRCAST_FLINK__PARALLELISM"]) == spec["job"]["parallelism"]
-    checkpoints = env["AIRCAST_FLINK__CHECKPOINT_DIR"]
-    assert spec["flinkConfiguration"]["execution.checkpointing.dir"] == f"file://{checkpoints}"
     volumes = {v["name"]: v for v in pod["volumes"]}
-    mounts = [m for m in main["volumeMounts"] if checkpoints.startswith(m["mountPath"])]
-    assert mounts, "the checkpoint directory is on no mounted volume"
-    claim = volumes[mounts[0]["name"]]["persistentVolumeClaim"]["claimName"]
-    assert "ReadWriteMany" in _one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"]
-    assert spec["job"]["upgradeMode"] == "last-state"
+    conf = spec["flinkConfiguration"]
+    for key in (
+        "execution.checkpointing.dir",
+        "execution.checkpointing.savepoint-dir",
+        "high-availability.storageDir",
+    ):
+        path = conf[key].removeprefix("file://")
+        mounts = [m for m in main["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+        assert mounts, f"{key} ({path}) is on no mounted volume"
+        claim = volumes[mounts[0]["name"]]["persistentVolumeClaim"]["claimName"]
+        modes = _one(docs, "PersistentVolumeClaim", claim)["spec"]["accessModes"]
+        assert "ReadWriteMany" in modes
+    assert conf["high-availability.type"] == "kubernetes"  # what last-state upgrades need
+
+
+def flink_managed_problems(doc: Doc, docs: list[Doc]) -> list[str]:
+    """Why a FlinkDeployment would fight the operator over the job's state or size
+    (empty: the operator owns restores, checkpoint storage and parallelism)."""
+    from flink.config import OPERATOR_OWNED, flink_configuration
+
+    spec = doc["spec"]
+    job = spec["job"]
+    problems: list[str] = []
+    args = [str(a) for a in job.get("args", [])]
+    if " ".join(args[-2:]) != "--mode managed":
+        problems.append(f"job.args {args}: the job does not run in managed mode")
+    if job.get("allowNonRestoredState"):
+        problems.append("job.allowNonRestoredState: state that does not map is dropped")
+    if job.get("upgradeMode") != "last-state":
+        problems.append(f"job.upgradeMode {job.get('upgradeMode')}: not last-state")
+    if "parallelism" not in job:
+        problems.append("job.parallelism unset: the operator's is the only one")
+    conf = spec.get("flinkConfiguration", {})
+    for key in ("parallelism.default", "execution.state-recovery.path"):
+        if key in conf:
+            problems.append(f"flinkConfiguration sets {key}, which overrides the operator's")
+    for key in ("execution.checkpointing.dir", "execution.checkpointing.savepoint-dir"):
+        if key not in conf:
+            problems.append(f"flinkConfiguration lacks {key}: the job sets none in managed mode")
+    if "kubernetes.operator.periodic.savepoint.interval" not in conf:
+        problems.append("no periodic savepoint: an upgrade that cannot use HA has nothing")
+    main = next(
+        c for c in spec["podTemplate"]["spec"]["containers"] if c["name"] == "flink-main-container"
+    )
+    env = container_env(docs, main)
+    for name in ("AIRCAST_FLINK__PARALLELISM", "AIRCAST_FLINK__CHECKPOINT_DIR"):
+        if name in env:
+            problems.append(f"{name} in the pod: the job's setting, ignored in managed mode")
+    # What the job itself would set there, from the pod's own settings.
+    options = yaml.safe_load(env.get("AIRCAST_FLINK__OPTIONS", "{}"))
+    settings = Settings(flink=FlinkSettings(options=options))
+    owned = sorted(set(flink_configuration(settings, None, "managed")) & set(OPERATOR_OWNED))
+    problems += [f"the job would set {key}" for key in owned]
+    return problems
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_flink_deployment_leaves_state_and_size_to_the_operator(
+    target: str, rendered: dict[str, list[Doc]]
+) -> None:
+    docs = rendered[target]
+    flink = _one(docs, "FlinkDeployment", "aircast-flink")
+    assert not flink_managed_problems(flink, docs)
+    assert "initialSavepointPath" not in flink["spec"]["job"]  # set by hand, see README
+    conf = flink["spec"]["flinkConfiguration"]
+    assert conf["kubernetes.operator.periodic.savepoint.interval"] == "6h"
+    assert conf["execution.checkpointing.externalized-checkpoint-retention"] == (
+        "RETAIN_ON_CANCELLATION"
+    )
+
+
+def test_a_flink_deployment_that_fights_its_operator_is_refused(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    docs = rendered["base"]
+    broken = copy.deepcopy(_one(docs, "FlinkDeployment", "aircast-flink"))
+    spec = broken["spec"]
+    spec["job"]["args"] = ["-py", "/opt/aircast/flink/job.py"]
+    spec["job"]["allowNonRestoredState"] = True
+    spec["job"]["upgradeMode"] = "stateless"
+    spec["flinkConfiguration"]["parallelism.default"] = "4"
+    del spec["flinkConfiguration"]["execution.checkpointing.savepoint-dir"]
+    main = spec["podTemplate"]["spec"]["containers"][0]
+    main["env"].append({"name": "AIRCAST_FLINK__PARALLELISM", "value": "4"})
+    problems = flink_managed_problems(broken, docs)
+    for expected in (
+        "does not run in managed mode",
+        "job.allowNonRestoredState",
+        "job.upgradeMode stateless",
+        "flinkConfiguration sets parallelism.default",
+        "lacks execution.checkpointing.savepoint-dir",
+        "AIRCAST_FLINK__PARALLELISM in the pod",
+    ):
+        assert any(expected in p for p in problems), (expected, problems)
+
+
+def test_the_map_shows_openstreetmap_tiles_fetched_by_the_browser(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    """Kubernetes sets the web map's tiles and their attribution; the tiles are the
+    browser's to fetch, so no pod gets egress for them (only the keeper's is limited)."""
+    for docs in rendered.values():
+        env = config_map_data(docs, "aircast-env")
+        serve = ServeSettings(
+            tile_url=env["AIRCAST_SERVE__TILE_URL"],
+            tile_attribution=env["AIRCAST_SERVE__TILE_ATTRIBUTION"],
+        )
+        assert serve.tile_url == "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+        assert serve.tile_attribution == "© OpenStreetMap contributors"
+        limited = [
+            p["spec"]["podSelector"]
+            for p in _of(docs, "NetworkPolicy")
+            if "Egress" in p["spec"].get("policyTypes", [])
+        ]
+        assert limited == [{"matchLabels": {"app.kubernetes.io/name": "aircast-keeper"}}]
 
 
 def test_overlays_scale_as_documented(rendered: dict[str, list[Doc]]) -> None:
@@ -887,13 +1092,23 @@ def test_dashboards_are_generated_and_provisioned() -> None:
     files = set(generator.dashboards())
     assert {f"measure-{m.name}.json" for m in MEASURES} | {
         "map.json",
+        "predictions.json",
         "pipeline-health.json",
     } == files
     kustomization = yaml.safe_load((KUBERAY / "base" / "kustomization.yaml").read_text())
-    generated = [
-        g for g in kustomization["configMapGenerator"] if g["name"] == "grafana-dashboards"
-    ]
-    assert {Path(f).name for f in generated[0]["files"]} == files
+    generated = {g["name"]: g["files"] for g in kustomization["configMapGenerator"]}
+    assert {Path(f).name for f in generated["grafana-dashboards"]} == files
+    # The alert rules travel with the provisioning files and are mounted where Grafana
+    # provisions alerting from.
+    assert "grafana/alerting/rules.yaml" in generated["grafana-provisioning"]
+    grafana = yaml.safe_load_all((KUBERAY / "base" / "grafana" / "grafana.yaml").read_text())
+    spec = next(d for d in grafana if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+    volume = next(v for v in spec["volumes"] if v["name"] == mounts[ALERTING_DIR])
+    assert volume["configMap"] == {
+        "name": "grafana-provisioning",
+        "items": [{"key": "rules.yaml", "path": "rules.yaml"}],
+    }
 
 
 @pytest.mark.parametrize(
@@ -928,6 +1143,7 @@ def test_written_schema_is_the_collectors() -> None:
     assert written() == {
         influx.raw_database: (tags, {"value"}),
         influx.aggregates_database: (tags, {"count", "max", "mean", "min"}),
+        influx.predictions_database: ({"horizon", "kind", "sensor_id", "version"}, {"value"}),
     }
 
 
@@ -949,6 +1165,7 @@ def test_bad_dashboard_is_refused() -> None:
         ("actors/collect.py", None),
         ("training/job.py", None),
         ("flink/job.py", None),
+        ("aircast_cli/commands/keep.py", "cmd_keep"),
     ],
 )
 def test_entry_points_the_manifests_run_exist(module: str, name: str | None) -> None:

@@ -49,7 +49,10 @@ def register(sub: Any) -> None:
     p.add_argument("--python", default="python", help="the cluster's interpreter")
     p.add_argument("--every", type=float, default=5.0, help="seconds between checks")
     p.add_argument(
-        "--alive-file", type=Path, default=None, help="touched after every check (liveness)"
+        "--alive-file",
+        type=Path,
+        default=None,
+        help="touched after every check, answered or not (liveness)",
     )
     p.set_defaults(func=cmd_keep)
 
@@ -80,11 +83,10 @@ def cmd_keep(settings: Settings, args: argparse.Namespace) -> int:
             self.runtime_env = {"env_vars": envs[name]}
             return super().submit(name)
 
-    keeper = Keeper(JobSubmissionClient(settings.ray.dashboard_url))
-    for name, module in STAGES.items():
-        keeper.entrypoints[name] = f"{args.python} -m {module}"
-    for name, job in adopt(keeper).items():
-        keeper.submitted[name] = job
+    # The client is made per check until one answers: its constructor already asks the
+    # dashboard, which may not be up yet (a keeper starting with the cluster, a head
+    # restarting); waiting here, not crashing, keeps the pod out of a restart loop.
+    keeper: Keeper | None = None
     stop = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -96,17 +98,25 @@ def cmd_keep(settings: Settings, args: argparse.Namespace) -> int:
     last: dict[str, str] = {}
     while not stop:
         try:
+            if keeper is None:
+                fresh = Keeper(JobSubmissionClient(settings.ray.dashboard_url))
+                for name, module in STAGES.items():
+                    fresh.entrypoints[name] = f"{args.python} -m {module}"
+                fresh.submitted.update(adopt(fresh))
+                keeper = fresh
             for what in keeper.revive():
                 log.warning("%s", what)
             states = keeper.statuses()
-        except Exception as exc:  # the dashboard restarting: the next check tries again
-            log.warning("keeper check failed error=%s", exc)
+        except Exception as exc:  # the dashboard (re)starting: the next check tries again
+            log.warning("keeper check failed url=%s error=%s", settings.ray.dashboard_url, exc)
         else:
             if states != last:
                 log.info("pipeline jobs %s", " ".join(f"{k}={v}" for k, v in states.items()))
                 last = states
-            if args.alive_file is not None:
-                args.alive_file.touch()
+        # Liveness: the loop goes on, whether the dashboard answered or not. A check that
+        # hangs stops the touches, and the probe restarts the keeper.
+        if args.alive_file is not None:
+            args.alive_file.touch()
         deadline = time.monotonic() + args.every
         while not stop and time.monotonic() < deadline:
             time.sleep(0.2)
