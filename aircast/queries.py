@@ -20,7 +20,7 @@ Shapes read (see :meth:`Reading.line` / :meth:`Aggregate.line`):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,14 +32,11 @@ Resolution = Literal["raw", "10m"]
 _NS = 1_000_000_000
 # Sensors per InfluxQL statement when fetching histories (the OR list stays short).
 _SENSORS_PER_QUERY = 200
-# Queries over every sensor are answered in chunks of this many rows (see
-# InfluxV1.query): influxd then streams the answer instead of building it whole, which
-# for 100,000 series (a measure at 10x the network) is about half its memory.
-_CHUNK_ROWS = 10_000
-# Histories of every sensor are read in pages of about this many series (sensor_id
-# mod 10**k): at 10x the network one measure has ~100,000 series, and influxd holds a
-# query's every series on its heap while it answers (gigabytes for all of them), while
-# a page's cost is bounded by its size.
+# Reads of every sensor go in pages of about this many sensors (sensor_id mod 10**k),
+# never as one answer: a page's answer is bounded on every InfluxDB version, where
+# 1.x's chunked answers are the only other way to bound it and 2.x does not serve them
+# (docs/influxdb.md). At 10x the network one measure has ~100,000 series, and influxd
+# holds a query's every series on its heap while it answers.
 _SERIES_PER_PAGE = 2_000
 _MAX_PAGE_DIGITS = 4
 
@@ -85,6 +82,14 @@ def _measure_regex() -> str:
     return f"/^({names})$/"
 
 
+# The tags of the raw and aggregates databases (aircast.records), grouped by explicitly
+# rather than with GROUP BY *: other tags would split a sensor's series.
+_PLACE_TAGS = (
+    "city", "country", "country_code", "lat", "location_id", "lon", "sensor_id", "sensor_type"
+)  # fmt: skip
+_GROUP_BY_PLACE = ", ".join(quote_ident(t) for t in _PLACE_TAGS)
+
+
 def _sensor_clause(sensor_ids: Iterable[int]) -> str:
     return " OR ".join(f"{quote_ident('sensor_id')} = {quote_str(str(int(s)))}" for s in sensor_ids)
 
@@ -92,27 +97,31 @@ def _sensor_clause(sensor_ids: Iterable[int]) -> str:
 def latest_readings(influx: InfluxV1, database: str, lookback_s: int) -> list[SensorSummary]:
     """Every sensor seen in the last ``lookback_s`` seconds, with its latest value per
     measure and its latest location (a moved sensor is reported where it is now)."""
-    q = (
-        f'SELECT "value" FROM {_measure_regex()} '
-        f"WHERE time > now() - {int(lookback_s)}s GROUP BY * ORDER BY time DESC LIMIT 1"
-    )
     sensors: dict[int, SensorSummary] = {}
-    for series in influx.query(q, database, epoch="s", chunk_size=_CHUNK_ROWS):
-        tags: dict[str, str] = series.get("tags", {})
-        columns: list[str] = series["columns"]
-        for values in series.get("values", []):
-            row = dict(zip(columns, values, strict=True))
-            if row.get("value") is None or not tags.get("sensor_id", "").isdigit():
+    for found in _every_sensor(
+        influx,
+        database,
+        _measure_regex(),
+        lambda clause: (
+            f'SELECT last("value") FROM {_measure_regex()} '
+            f"WHERE {_recent(lookback_s, clause)} GROUP BY {_GROUP_BY_PLACE}"
+        ),
+    ):
+        for series in found:
+            tags: dict[str, str] = series.get("tags", {})
+            if not tags.get("sensor_id", "").isdigit():
                 continue
             sensor_id = int(tags["sensor_id"])
-            when = int(row["time"])
-            summary = sensors.get(sensor_id)
-            if summary is None or when > summary.last_seen:
-                summary = _summary(sensor_id, tags, row, summary)
-                sensors[sensor_id] = summary
-            current = summary.latest.get(series["name"])
-            if current is None or when > current.time:
-                summary.latest[series["name"]] = Latest(float(row["value"]), when)
+            for when, value in series.get("values", []):
+                if value is None:
+                    continue
+                summary = sensors.get(sensor_id)
+                if summary is None or int(when) > summary.last_seen:
+                    summary = _summary(sensor_id, tags, int(when), summary)
+                    sensors[sensor_id] = summary
+                current = summary.latest.get(series["name"])
+                if current is None or int(when) > current.time:
+                    summary.latest[series["name"]] = Latest(float(value), int(when))
     return sorted(sensors.values(), key=lambda s: s.sensor_id)
 
 
@@ -124,7 +133,7 @@ def _coordinate(text: str | None) -> float:
 
 
 def _summary(
-    sensor_id: int, tags: dict[str, str], row: dict[str, Any], previous: SensorSummary | None
+    sensor_id: int, tags: dict[str, str], when: int, previous: SensorSummary | None
 ) -> SensorSummary:
     location = tags.get("location_id", "")
     return SensorSummary(
@@ -137,13 +146,17 @@ def _summary(
         country=tags.get("country", ""),
         country_code=tags.get("country_code", ""),
         latest=previous.latest if previous else {},
-        last_seen=int(row["time"]),
+        last_seen=when,
     )
 
 
 def sensor_known(influx: InfluxV1, databases: Sequence[str], sensor_id: int) -> bool:
-    """True if any raw reading or aggregate of ``sensor_id`` is stored."""
-    q = f"SHOW SERIES FROM {_measure_regex()} WHERE {_sensor_clause([sensor_id])} LIMIT 1"
+    """True if any raw reading or aggregate of ``sensor_id`` is stored (a tag value
+    lookup: ``SHOW SERIES`` is not served by InfluxDB 3.x)."""
+    q = (
+        f'SHOW TAG VALUES FROM {_measure_regex()} WITH KEY = "sensor_id" '
+        f"WHERE {_sensor_clause([sensor_id])}"
+    )
     return any(influx.query(q, db) for db in databases)
 
 
@@ -183,6 +196,50 @@ def readings(
     return out
 
 
+def grouped_readings(
+    influx: InfluxV1,
+    database: str,
+    sensor_id: int,
+    measure: str,
+    start: int,
+    end: int,
+    interval: Literal["1h", "1d"],
+    limit: int,
+    *,
+    from_raw: bool = False,
+) -> list[Point]:
+    """A sensor's values of one measure per ``interval`` (UTC-aligned windows, at their
+    start) in ``[start, end)``, oldest first, at most ``limit``: from the 10-minute
+    aggregates the mean of their means (each window weighs the same: a time average),
+    the min of their mins, the max of their maxes and the sum of their counts; or, with
+    ``from_raw``, the same figures of the raw readings. Empty windows are left out."""
+    if interval not in ("1h", "1d"):
+        raise ValueError(f"interval must be 1h or 1d, not {interval!r}")
+    fields = (
+        'mean("value") AS "mean", min("value") AS "min", max("value") AS "max", '
+        'count("value") AS "count"'
+        if from_raw
+        else 'mean("mean") AS "mean", min("min") AS "min", max("max") AS "max", '
+        'sum("count") AS "count"'
+    )
+    q = (
+        f"SELECT {fields} FROM {quote_ident(measure)} WHERE {_sensor_clause([sensor_id])} "
+        f"AND time >= {int(start) * _NS} AND time < {int(end) * _NS} "
+        f"GROUP BY time({interval}) fill(none) LIMIT {int(limit)}"
+    )
+    return [
+        Point(
+            int(row["time"]),
+            float(row["mean"]),
+            min=_opt_float(row.get("min")),
+            max=_opt_float(row.get("max")),
+            count=None if row.get("count") is None else int(row["count"]),
+        )
+        for row in influx.rows(q, database, epoch="s")
+        if row.get("mean") is not None
+    ]
+
+
 def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -219,22 +276,32 @@ def _points_to_histories(
     return out
 
 
-def _history_query(measure: str, lookback_s: int, clause: str | None) -> str:
+def _recent(lookback_s: int, clause: str | None) -> str:
+    """A WHERE condition: the last ``lookback_s`` seconds, and ``clause`` if any."""
     where = f"time > now() - {int(lookback_s)}s"
-    if clause:
-        where += f" AND ({clause})"
+    return f"{where} AND ({clause})" if clause else where
+
+
+def _history_query(measure: str, lookback_s: int, clause: str | None) -> str:
+    where = _recent(lookback_s, clause)
     return f'SELECT "mean" FROM {quote_ident(measure)} WHERE {where} GROUP BY "sensor_id"'
 
 
-def sensor_count(influx: InfluxV1, database: str, measure: str) -> int:
-    """How many sensors (distinct ``sensor_id`` values) ``measure`` holds, over every
-    shard: what the pages below divide.
+def sensor_ids(influx: InfluxV1, database: str, source: str) -> set[int]:
+    """The distinct ``sensor_id`` tag values of ``source`` (a quoted measurement or a
+    measurement regex), over every shard.
 
-    Not ``SHOW SERIES CARDINALITY FROM``: influxd 1.x counts a series once per shard
-    it has points in (a shard is a day at 7 days' retention), so it read twice the
-    sensors for data either side of midnight, and up to seven times over a week."""
-    q = f'SHOW TAG VALUES CARDINALITY FROM {quote_ident(measure)} WITH KEY = "sensor_id"'
-    return sum(int(r.get("count") or 0) for r in influx.rows(q, database))
+    Counted from ``SHOW TAG VALUES`` rows, not a cardinality query: 2.x and 3.x serve
+    no ``SHOW ... CARDINALITY``, and 1.x's series cardinality counts a series once per
+    shard it has points in (a day's shard at 7 days' retention), which read up to seven
+    times the sensors over a week."""
+    q = f'SHOW TAG VALUES FROM {source} WITH KEY = "sensor_id"'
+    return {int(v) for r in influx.rows(q, database) if (v := str(r.get("value", ""))).isdigit()}
+
+
+def sensor_count(influx: InfluxV1, database: str, measure: str) -> int:
+    """How many sensors ``measure`` holds: what the pages below divide."""
+    return len(sensor_ids(influx, database, quote_ident(measure)))
 
 
 def page_digits(series: int, per_page: int = _SERIES_PER_PAGE) -> int:
@@ -258,6 +325,21 @@ def page_clause(page: int, digits: int) -> str | None:
     return f"{quote_ident('sensor_id')} =~ /{pattern}/"
 
 
+def _every_sensor(
+    influx: InfluxV1,
+    database: str,
+    source: str,
+    query: Callable[[str | None], str],
+    per_page: int = _SERIES_PER_PAGE,
+) -> Iterator[list[dict[str, Any]]]:
+    """The series of ``query`` over every sensor of ``source``, one page of sensors per
+    statement (each sensor whole in one page). ``query`` gets the page's tag condition
+    (None when one page holds every sensor)."""
+    digits = page_digits(len(sensor_ids(influx, database, source)), per_page)
+    for page in range(10**digits):
+        yield influx.query(query(page_clause(page, digits)), database, epoch="s")
+
+
 def history_pages(
     influx: InfluxV1,
     database: str,
@@ -269,12 +351,14 @@ def history_pages(
     """Histories of every sensor with an aggregate of ``measure`` in the last
     ``lookback_s`` seconds, one page of sensors at a time (each sensor whole in one
     page), so neither influxd nor the caller holds every series at once."""
-    digits = page_digits(sensor_count(influx, database, measure), per_page)
-    for page in range(10**digits):
-        q = _history_query(measure, lookback_s, page_clause(page, digits))
-        yield _points_to_histories(
-            influx.query(q, database, epoch="s", chunk_size=_CHUNK_ROWS), measure, window
-        )
+    for found in _every_sensor(
+        influx,
+        database,
+        quote_ident(measure),
+        lambda clause: _history_query(measure, lookback_s, clause),
+        per_page,
+    ):
+        yield _points_to_histories(found, measure, window)
 
 
 def histories(
@@ -296,7 +380,7 @@ def histories(
     size = _SENSORS_PER_QUERY
     for i in range(0, len(sensor_ids), size):
         q = _history_query(measure, lookback_s, _sensor_clause(sensor_ids[i : i + size]))
-        found = influx.query(q, database, epoch="s", chunk_size=_CHUNK_ROWS)
+        found = influx.query(q, database, epoch="s")
         out.update(_points_to_histories(found, measure, window))
     return out
 
@@ -346,3 +430,74 @@ def _escape_tag(value: str) -> str:
 
 def _escape_measurement(value: str) -> str:
     return value.replace(",", r"\,").replace(" ", r"\ ")
+
+
+# -- the map layer and area listings ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A sensor's latest raw reading of one measure, with where and when it was taken."""
+
+    sensor_id: int
+    latitude: float
+    longitude: float
+    city: str
+    value: float
+    time: int  # epoch s
+
+
+def latest_located(
+    influx: InfluxV1, database: str, measure: str, lookback_s: int
+) -> dict[int, Located]:
+    """The latest reading of ``measure`` of every sensor seen in the last ``lookback_s``
+    seconds, at the place it was taken (a moved sensor has one series per place: the
+    newest wins). One statement, one series per sensor and place."""
+    out: dict[int, Located] = {}
+    for found in _every_sensor(
+        influx,
+        database,
+        quote_ident(measure),
+        lambda clause: (
+            f'SELECT last("value") FROM {quote_ident(measure)} '
+            f'WHERE {_recent(lookback_s, clause)} GROUP BY "sensor_id", "lat", "lon", "city"'
+        ),
+    ):
+        for series in found:
+            tags: dict[str, str] = series.get("tags", {})
+            sid = tags.get("sensor_id", "")
+            if not sid.isdigit():
+                continue
+            for when, value in series.get("values", []):
+                current = out.get(int(sid))
+                if value is not None and (current is None or int(when) > current.time):
+                    out[int(sid)] = Located(
+                        int(sid),
+                        _coordinate(tags.get("lat")),
+                        _coordinate(tags.get("lon")),
+                        tags.get("city", ""),
+                        float(value),
+                        int(when),
+                    )
+    return out
+
+
+def window_means(influx: InfluxV1, database: str, measure: str, window_s: int) -> dict[int, float]:
+    """Per sensor, the mean of the 10-minute means of ``measure`` whose windows start in
+    the last ``window_s`` seconds (each window weighs the same: a time average)."""
+    out: dict[int, float] = {}
+    for found in _every_sensor(
+        influx,
+        database,
+        quote_ident(measure),
+        lambda clause: (
+            f'SELECT mean("mean") FROM {quote_ident(measure)} '
+            f'WHERE {_recent(window_s, clause)} GROUP BY "sensor_id"'
+        ),
+    ):
+        for series in found:
+            sid = series.get("tags", {}).get("sensor_id", "")
+            values = series.get("values") or []
+            if sid.isdigit() and values and values[0][1] is not None:
+                out[int(sid)] = float(values[0][1])
+    return out

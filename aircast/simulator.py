@@ -4,7 +4,9 @@ N sensors at real city coordinates (jittered a few kilometres), each of a real s
 type, produce readings every ~145 s (as the real network does) with daily cycles and
 weather-like regional patterns per measure. Realistic faults are injected at fixed
 rates: missing and non-numeric values, particulate spikes beyond the sensor's range,
-zero coordinates, indoor sensors and duplicate records.
+zero coordinates, indoor sensors and duplicate records. An :class:`Excursion` holds one
+sensor's measure at a chosen level for a while (a smog episode next to it), so a test
+can drive an alert rule over its threshold and back.
 
 Deterministic: the snapshot of a given 5-minute window depends only on the seed, the
 number of sensors and the window, so a test can compute what a server returned.
@@ -127,6 +129,22 @@ NO_FAULTS = Faults(0, 0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True)
+class Excursion:
+    """One sensor's ``value_type`` held near ``level`` for readings in [start, end)
+    (epoch seconds); the rest of its values, and every other sensor, are untouched."""
+
+    sensor_id: int
+    value_type: str
+    start: int
+    end: int
+    level: float
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(f"an excursion needs start < end, got {self.start}..{self.end}")
+
+
+@dataclass(frozen=True)
 class SimSensor:
     sensor_id: int
     location_id: int
@@ -149,9 +167,18 @@ def _rng(*parts: object) -> random.Random:
 class Network:
     """A deterministic synthetic network."""
 
-    def __init__(self, sensors: int, seed: int = 42, faults: Faults | None = None) -> None:
+    def __init__(
+        self,
+        sensors: int,
+        seed: int = 42,
+        faults: Faults | None = None,
+        excursions: tuple[Excursion, ...] = (),
+    ) -> None:
         self.seed = seed
         self.faults = faults if faults is not None else Faults()
+        self._excursions: dict[tuple[int, str], list[Excursion]] = {}
+        for e in excursions:
+            self._excursions.setdefault((e.sensor_id, e.value_type), []).append(e)
         self._anchors: dict[tuple[tuple[int, int], int], float] = {}
         rng = random.Random(seed)
         types = [t for t, _, _ in SENSOR_TYPES]
@@ -196,6 +223,10 @@ class Network:
 
     def value(self, sensor: SimSensor, value_type: str, t: int, noise: float = 0.0) -> float:
         """The true value (``noise`` is the sensor's standard-normal measurement noise)."""
+        if self._excursions:
+            for e in self._excursions.get((sensor.sensor_id, value_type), ()):
+                if e.start <= t < e.end:
+                    return round(e.level + 0.5 * noise, 2)
         local_hour = ((t / 3600.0) + sensor.longitude / 15.0) % 24
         day = math.sin(2 * math.pi * (local_hour - 9) / 24)  # peaks ~15:00 local
         weather = self._regional(sensor, t // 3600)

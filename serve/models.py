@@ -47,29 +47,48 @@ class Sensor(BaseModel):
     flags: list[str]
 
 
+class Licence(BaseModel):
+    name: str = Field(description="SPDX identifier of the data licence")
+    url: str
+    attribution: str = Field(description="whom to credit when redistributing the data")
+
+
 class SensorList(BaseModel):
-    count: int
-    generated_at: int
+    count: int = Field(description="sensors in this page")
+    total: int = Field(description="sensors matching the query, over every page")
+    limit: int = Field(description="page size")
+    offset: int = Field(description="matches skipped before this page")
+    page: int = Field(description="1-based page number (offset // limit + 1)")
+    generated_at: int = Field(description="epoch s the sensors were read")
     note: str
+    licence: Licence
     sensors: list[Sensor]
 
 
 class ReadingPoint(BaseModel):
-    time: int = Field(description="epoch seconds; window start for 10m")
-    value: float = Field(description="the reading, or the window mean for 10m")
+    time: int = Field(description="epoch seconds; the window's start for 10m, 1h, 1d")
+    value: float = Field(
+        description="the reading; for 10m the window's mean; for 1h/1d the mean of its "
+        "10-minute means (a time average)"
+    )
     min: float | None = None
     max: float | None = None
-    count: int | None = None
+    count: int | None = Field(default=None, description="raw readings in the window")
 
 
 class Readings(BaseModel):
     sensor_id: int
     measure: str
     unit: str
-    resolution: Literal["raw", "10m"]
+    resolution: Literal["raw", "10m", "1h", "1d"]
+    source: Literal["raw", "aggregates"] = Field(
+        description="the database the points come from: 1h/1d are grouped from the "
+        "10-minute aggregates, or from raw readings where there are none"
+    )
     start: int
     end: int
     truncated: bool = Field(description="true when the limit cut the series")
+    licence: Licence
     points: list[ReadingPoint]
 
 
@@ -125,3 +144,37 @@ class RefreshStatus(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class MapLayer(BaseModel):
+    """One measure's map layer as columns: entry i of every list is sensor ``id[i]``."""
+
+    measure: str
+    label: str
+    unit: str
+    generated_at: int = Field(description="epoch s the layer was built")
+    stale_after_s: int = Field(description="a sensor is stale when generated_at - time exceeds it")
+    index: Literal["caqi"] | None = Field(description="the index aqi_1h/aqi_24h hold (PM only)")
+    licence: Licence
+    count: int
+    id: list[int]
+    lat: list[float]
+    lon: list[float]
+    value: list[float] = Field(description="latest reading")
+    time: list[int] = Field(description="epoch s of the latest reading")
+    mean_1h: list[float | None] = Field(description="mean of the 10-minute means of the last hour")
+    mean_24h: list[float | None] = Field(description="mean of the 10-minute means of the last 24 h")
+    aqi_1h: list[int | None] = Field(description="CAQI hourly grid of mean_1h (PM only)")
+    aqi_24h: list[int | None] = Field(description="CAQI daily grid of mean_24h (PM only)")
+    city: list[str]
+
+
+class MeasureInfo(BaseModel):
+    label: str
+    unit: str
+
+
+class DashboardConfig(BaseModel):
+    tile_url: str | None = Field(description="XYZ tile URL template; none: offline basemap")
+    tile_attribution: str
+    measures: dict[str, MeasureInfo]

@@ -217,7 +217,9 @@ def test_readings_raw_and_10m(app: App, client: httpx.Client) -> None:
     [
         ("/sensors/101/readings", {"measure": "PM25"}, "Input should be"),
         ("/sensors/101/readings", {}, "Field required"),
-        ("/sensors/101/readings", {"measure": "P1", "resolution": "1h"}, "raw"),
+        ("/sensors/101/readings", {"measure": "P1", "resolution": "5m"}, "raw"),
+        ("/v1/sensors/101/readings", {"measure": "P1", "format": "xml"}, "csv"),
+        ("/v1/sensors/101/readings", {"measure": "P1", "resolution": "1h", "from": 0}, "at most"),
         ("/sensors/101/readings", {"measure": "P1", "from": 200, "to": 100}, "before"),
         ("/sensors/101/readings", {"measure": "P1", "from": "yesterday"}, "datetime"),
         ("/sensors/101/readings", {"measure": "P1", "from": "1900-01-01"}, "1970"),
@@ -382,6 +384,36 @@ def test_dashboard_is_served_offline(client: httpx.Client) -> None:
 # -- schemathesis: property-based requests from the OpenAPI spec --------------------
 # The Python API rather than schemathesis' pytest plugin, whose fixture loader does not
 # work with pytest 9 ("'Function' object has no attribute '_nodeid'").
+
+
+def test_alert_rules_over_http(client: httpx.Client) -> None:
+    """The alert rule routes, mounted in the served app behind the admin token."""
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    rule = {"name": "PM2.5 over 25", "measure": "P2", "threshold": 25, "sensors": [101]}
+    assert client.post("/v1/alerts/rules", json=rule).status_code == 401
+    assert (
+        client.post(
+            "/v1/alerts/rules", json=rule, headers={"Authorization": "Bearer x"}
+        ).status_code
+        == 403
+    )
+    created = client.post("/v1/alerts/rules", json=rule, headers=auth)
+    assert created.status_code == 201, created.text
+    rule_id = created.json()["id"]
+    listed = client.get("/v1/alerts/rules", headers=auth).json()
+    assert rule_id in [r["id"] for r in listed["rules"]] and listed["count"] == len(listed["rules"])
+    assert client.get(f"/v1/alerts/rules/{rule_id}", headers=auth).json()["threshold"] == 25
+    bad = client.post("/v1/alerts/rules", json={**rule, "measure": "PM9"}, headers=auth)
+    assert bad.status_code == 422 and "PM9" in bad.text
+    both = client.post(
+        "/v1/alerts/rules",
+        json={**rule, "bbox": {"south": 1, "west": 1, "north": 2, "east": 2}},
+        headers=auth,
+    )
+    assert both.status_code == 422, both.text
+    assert client.delete(f"/v1/alerts/rules/{rule_id}", headers=auth).json()["deleted"] is True
+    assert client.get(f"/v1/alerts/rules/{rule_id}", headers=auth).status_code == 404
+    assert client.delete(f"/v1/alerts/rules/{rule_id}", headers=auth).status_code == 404
 
 
 def test_openapi_no_server_errors(app: App) -> None:
