@@ -1,9 +1,9 @@
-"""The whole pipeline on a running cluster, as its users run it: ingestion and
-collection submitted as Ray jobs (visible in the Ray dashboard's Jobs tab, stoppable
-with ``ray job stop``), and the HTTP API deployed on Ray Serve from a Serve config
-through the dashboard's REST API (what ``serve deploy`` and the RayService do). The
-PyFlink job runs beside Ray (a supervised service of the local stack; a FlinkDeployment
-on Kubernetes).
+"""The whole pipeline on a running cluster, as its users run it: ingestion, collection
+and (when ``alerts.enabled``) alert evaluation submitted as Ray jobs (visible in the Ray
+dashboard's Jobs tab, stoppable with ``ray job stop``), and the HTTP API deployed on Ray
+Serve from a Serve config through the dashboard's REST API (what ``serve deploy`` and the
+RayService do). The PyFlink job runs beside Ray (a supervised service of the local stack;
+a FlinkDeployment on Kubernetes).
 
 Everything here talks to the cluster over HTTP only: the process running the pipeline
 (`aircast run`) is never a Ray driver, so it outlives a restart of the Ray head, finds
@@ -31,6 +31,8 @@ from serve.deploy import QUIET
 log = logging.getLogger(__name__)
 
 JOBS = {"ingest": "actors.ingest", "collect": "actors.collect"}
+# Submitted beside JOBS when settings.alerts.enabled.
+ALERTS_JOB = ("alerts", "actors.alerts")
 # The Serve app's builder, as the RayService's serveConfigV2 names it.
 APP_IMPORT_PATH = f"{build_app.__module__}:{build_app.__name__}"
 SERVE_DEPLOY_TIMEOUT_S = 300.0
@@ -281,13 +283,16 @@ def prepare(settings: Settings, source: str) -> Running:
     if config.is_file():
         env["AIRCAST_CONFIG"] = str(config)
     running = Running(client, runtime_env={"env_vars": env})
-    for name, module in JOBS.items():
+    jobs = dict(JOBS)
+    if settings.alerts.enabled:
+        jobs[ALERTS_JOB[0]] = ALERTS_JOB[1]
+    for name, module in jobs.items():
         running.entrypoints[name] = f"{shlex.quote(sys.executable)} -m {module}"
     return running
 
 
 def submit_jobs(running: Running) -> None:
-    """Submit ingestion and collection to the cluster's job API."""
+    """Submit the prepared jobs (ingestion, collection, alerts) to the cluster's job API."""
     for name in running.entrypoints:
         running.submitted[name] = Job(running.submit(name))
 
