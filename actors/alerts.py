@@ -20,7 +20,7 @@ work for one process. Each batch goes:
 4. only then commit the Kafka offsets.
 
 Forecast rules are checked every ``alerts.forecast_check_s`` against the forecasts the
-Serve Refresher keeps in Redis (``serve.forecasts.cache_key``), through the same
+Serve Refresher keeps in Redis (``aircast.forecasts.cache_key``), through the same
 save-deliver path. A killed actor is restarted by Ray (its supervisor re-issues
 ``run``) and resumes from Redis and the committed offsets without firing again.
 """
@@ -47,6 +47,7 @@ from aircast.alerts import WEBHOOK_FAILED, WEBHOOK_REJECTED, Alert, Engine
 from aircast.cache import redis_client
 from aircast.deadletters import DeadLetters
 from aircast.errors import BrokerError, InvalidRecord, ProduceError
+from aircast.forecasts import cache_key
 from aircast.kafka import Producer, ensure_topics, fast_consumer
 from aircast.records import Aggregate
 from aircast.retry import (
@@ -58,7 +59,6 @@ from aircast.retry import (
     transient_http,
 )
 from aircast.settings import Settings, load_settings
-from serve.forecasts import cache_key
 
 log = logging.getLogger(__name__)
 

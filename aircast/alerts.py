@@ -401,7 +401,7 @@ def forecast_observation(
     forecast: Mapping[str, Any],
     place: tuple[float, float] | None = None,
 ) -> Observation | None:
-    """A served forecast (``serve.forecasts`` payload) as one observation for a forecast
+    """A served forecast (``aircast.forecasts`` payload) as one observation for a forecast
     rule: its most extreme point within the rule's horizon, over the forecast's own
     10-minute step (``based_on`` to ``issued_at``). None when it has no such point."""
     horizon = rule.forecast_horizon_s or 0

@@ -6,6 +6,5 @@ built-in offline dashboard (``/ui/``).
 * :mod:`serve.api` — the FastAPI ingress deployment and its routes;
 * :mod:`serve.forecaster` — model multiplexing and batched inference on a cache miss;
 * :mod:`serve.refresher` — recomputes every sensor's forecast on a schedule;
-* :mod:`serve.forecasts` — forecast computation and storage, free of Ray;
 * :mod:`serve.deploy` — deploy on a running cluster from the settings.
 """

@@ -58,7 +58,7 @@ from ray.util.metrics import Counter
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from aircast import aqi, export, geo, licence, maplayer, paging
+from aircast import aqi, export, forecasts, geo, licence, maplayer, paging
 from aircast.alert_store import AlertStore
 from aircast.alerts import Rule, RuleSpec
 from aircast.cache import redis_client
@@ -80,7 +80,7 @@ from aircast.refreshing import Refreshing
 from aircast.registry import Registry
 from aircast.settings import Settings
 from aircast.telemetry import FORECASTS
-from serve import alert_routes, forecasts, models
+from serve import alert_routes, models
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from aircast import forecasts
 from aircast.cache import redis_client
 from aircast.influx import InfluxV1
 from aircast.queries import History, histories
 from aircast.records import AGGREGATE_WINDOW_S
 from aircast.registry import ModelEntry, Registry
 from aircast.settings import Settings
-from serve import forecasts
 
 log = logging.getLogger(__name__)
 

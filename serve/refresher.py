@@ -21,13 +21,13 @@ import redis
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from aircast import forecasts
 from aircast.cache import key, redis_client
 from aircast.errors import StorageError
 from aircast.influx import InfluxV1
 from aircast.queries import history_pages, measures_with_aggregates
 from aircast.registry import ModelEntry, Registry
 from aircast.settings import Settings
-from serve import forecasts
 from serve.forecaster import lookback_s
 
 log = logging.getLogger(__name__)

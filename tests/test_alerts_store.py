@@ -17,10 +17,10 @@ from actors import pipeline
 from aircast.alert_store import AlertStore, OutboxEntry
 from aircast.alerts import MAX_RULES, WEBHOOK_FAILED, WEBHOOK_REJECTED, Engine, Episode, Rule
 from aircast.cache import redis_client
+from aircast.forecasts import cache_key
 from aircast.records import AGGREGATE_WINDOW_S, Aggregate, DeadLetter, window_start
 from aircast.settings import Settings
 from serve import alert_routes
-from serve.forecasts import cache_key
 
 from .helpers import read_topic
 from .test_alerts_e2e import Receiver, fresh, produce
