@@ -114,6 +114,29 @@ class RaySettings(BaseModel):
     auth_mode: Literal["disabled", "token"] = "disabled"
 
 
+class LocalFlinkSettings(BaseModel):
+    """The local stack's PyFlink job: its interpreter and its JVM's size and folders
+    (on Kubernetes the Flink operator's pods own all of these)."""
+
+    model_config = _FROZEN
+
+    python: Path = Path(".venv-flink/bin/python")
+    # Heap of the local mini-cluster's JVM (thread mode: the Python functions run in it
+    # too). Unset, the JVM takes a quarter of the machine's memory and keeps it.
+    heap_mb: int = Field(default=3072, ge=256)
+    # Further options of the local mini-cluster's JVM. The throughput collector: G1's
+    # concurrent threads and barriers compete with the job for a small machine's cores
+    # (bench-flink shows the job's share of the identity job's rate with either).
+    jvm_options: list[str] = Field(default_factory=lambda: ["-XX:+UseParallelGC"])
+    # The mini-cluster's own log files (JVM, Python workers).
+    log_dir: Path = Path(".aircast/flink/log")
+    # The local JVM's temporary files (java.io.tmpdir: the table planner's 43 MB jar,
+    # extracted at every start, the mini-cluster's blobs and caches). The JVM deletes
+    # them only when it exits cleanly; a stopped or killed job left them in /tmp. One
+    # job per folder: it is emptied when the job starts.
+    tmp_dir: Path = Path(".aircast/flink/tmp")
+
+
 class StackSettings(BaseModel):
     """Where the local single-machine stack keeps its data, logs and state."""
 
@@ -135,6 +158,7 @@ class StackSettings(BaseModel):
     # what a 10x hour keeps live (about 5.7 GiB): too low a target (2-4 GiB) has Go
     # collecting all the time on the cores the writes need (docs/operations.md).
     influx_memory_limit_mb: int = Field(default=6144, ge=0)
+    flink: LocalFlinkSettings = Field(default_factory=LocalFlinkSettings)
 
     @field_validator("services", mode="before")
     @classmethod
@@ -203,7 +227,6 @@ class FlinkSettings(BaseModel):
 
     model_config = _FROZEN
 
-    python: Path = Path(".venv-flink/bin/python")
     # The job's JVM fast lane (flink/java, built by `make setup`): clean records become
     # readings in the JVM, the rest go to Python. Unset: build/aircast-flink.jar in the
     # project (the image sets its own).
@@ -234,21 +257,6 @@ class FlinkSettings(BaseModel):
     # measure) the times of its last two hours, 16 bytes each (at 10x the network ~2.3M
     # readings an hour: ~75 MB). Seconds are allowed for tests of the expiry.
     dedupe_ttl_s: int = Field(default=2 * 3600, ge=1)
-    # Heap of the local mini-cluster's JVM (thread mode: the Python functions run in it
-    # too). Unset, the JVM takes a quarter of the machine's memory and keeps it.
-    local_heap_mb: int = Field(default=3072, ge=256)
-    # Further options of the local mini-cluster's JVM. The throughput collector: G1's
-    # concurrent threads and barriers compete with the job for a small machine's cores
-    # (bench-flink on two cores, nine rounds each: 0.39-0.54 of the identity job with
-    # G1, mean 0.47; 0.39-0.71 with this, mean 0.60).
-    local_jvm_options: list[str] = Field(default_factory=lambda: ["-XX:+UseParallelGC"])
-    # The mini-cluster's own log files (JVM, Python workers).
-    log_dir: Path = Path(".aircast/flink/log")
-    # The local JVM's temporary files (java.io.tmpdir: the table planner's 43 MB jar,
-    # extracted at every start, the mini-cluster's blobs and caches). The JVM deletes
-    # them only when it exits cleanly; a stopped or killed job left them in /tmp. One
-    # job per folder: it is emptied when the job starts.
-    tmp_dir: Path = Path(".aircast/flink/tmp")
     # Python functions inside the JVM's threads ("thread", PyFlink's embedded
     # interpreter: no gRPC bundles, ~1.7x the job's throughput here) or in a separate
     # worker process ("process").

@@ -137,8 +137,9 @@ def job_settings(stack: Settings, work: Path, name: str) -> tuple[Settings, Path
         "flink": {
             "group_id": f"bench-{name}",
             "checkpoint_dir": str(work / name / "checkpoints"),
-            "log_dir": str(work / name / "log"),
-            "tmp_dir": str(work / name / "tmp"),
+        },
+        "stack": {
+            "flink": {"log_dir": str(work / name / "log"), "tmp_dir": str(work / name / "tmp")}
         },
     }
     config = work / f"{name}.yaml"

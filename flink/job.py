@@ -227,38 +227,40 @@ def _finished(client: JobClient, status: str) -> int:
 def local_jvm(settings: Settings) -> Settings:
     """Prepare this process's environment for the local mini-cluster's JVM, which PyFlink
     starts at first use; returns the settings with the job's folders made absolute."""
-    f = settings.flink
-    f = f.model_copy(
+    f = settings.flink.model_copy(
         update={
-            "checkpoint_dir": f.checkpoint_dir.resolve(),
-            "log_dir": f.log_dir.resolve(),
-            "tmp_dir": f.tmp_dir.resolve(),
+            "checkpoint_dir": settings.flink.checkpoint_dir.resolve(),
             "jar": lane_jar(settings).resolve(),
         }
     )
+    local = settings.stack.flink
+    local = local.model_copy(
+        update={"log_dir": local.log_dir.resolve(), "tmp_dir": local.tmp_dir.resolve()}
+    )
     # The JVM's log files go to the configured folder, not into the installed package.
-    f.log_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["FLINK_LOG_DIR"] = str(f.log_dir)
+    local.log_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["FLINK_LOG_DIR"] = str(local.log_dir)
     # Temporary files too (the JVM's, and the embedded and driver Python's): what a
     # killed JVM leaves behind (43 MB a start, the planner's jar) is removed here, at
     # the next start, instead of piling up in /tmp.
-    shutil.rmtree(f.tmp_dir, ignore_errors=True)
-    f.tmp_dir.mkdir(parents=True)
-    os.environ["TMPDIR"] = str(f.tmp_dir)
+    shutil.rmtree(local.tmp_dir, ignore_errors=True)
+    local.tmp_dir.mkdir(parents=True)
+    os.environ["TMPDIR"] = str(local.tmp_dir)
     tempfile.tempdir = None  # gettempdir() looks again
     # PyFlink starts the local JVM with JVM_ARGS first on its command line; what the
     # environment already had comes last, so it wins where options repeat (-Xmx).
     os.environ["JVM_ARGS"] = " ".join(
         arg
         for arg in (
-            f"-Xmx{f.local_heap_mb}m",
-            f"-Djava.io.tmpdir={f.tmp_dir}",
-            *f.local_jvm_options,
+            f"-Xmx{local.heap_mb}m",
+            f"-Djava.io.tmpdir={local.tmp_dir}",
+            *local.jvm_options,
             os.environ.get("JVM_ARGS", ""),
         )
         if arg
     )
-    return settings.model_copy(update={"flink": f})
+    stack = settings.stack.model_copy(update={"flink": local})
+    return settings.model_copy(update={"flink": f, "stack": stack})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     # the embedded interpreter imports from its working directory first, and the stack
     # starts this job in its state directory, whose "flink" folder (checkpoints, logs)
     # then shadowed this package ("No module named 'flink.functions'", a restart loop).
-    os.chdir(settings.flink.log_dir)
+    os.chdir(settings.stack.flink.log_dir)
     return run(settings)
 
 

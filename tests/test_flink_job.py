@@ -121,20 +121,26 @@ def job_settings(
             "delivery": delivery,
             "checkpoint_interval_ms": interval_ms,
             "checkpoint_dir": str(tmp_path / "checkpoints"),
-            "log_dir": str(tmp_path / "log"),
-            "tmp_dir": str(tmp_path / "tmp"),
             "watermark_out_of_orderness_s": 60,
             "allowed_lateness_s": 600,
             "restart_delay_ms": 500,
             **flink,
         },
+        "stack": {"flink": {"log_dir": str(tmp_path / "log"), "tmp_dir": str(tmp_path / "tmp")}},
     }
     config = tmp_path / "flink.yaml"
     config.write_text(yaml.safe_dump(overlay))
     # Validated (model_copy would keep the overlay's strings where paths belong).
     kafka = type(stack.kafka).model_validate({**stack.kafka.model_dump(), **overlay["kafka"]})
     flink = type(stack.flink).model_validate({**stack.flink.model_dump(), **overlay["flink"]})
-    settings = stack.model_copy(update={"kafka": kafka, "flink": flink})
+    local = type(stack.stack.flink).model_validate(overlay["stack"]["flink"])
+    settings = stack.model_copy(
+        update={
+            "kafka": kafka,
+            "flink": flink,
+            "stack": stack.stack.model_copy(update={"flink": local}),
+        }
+    )
     ensure_topics(kafka.model_copy(update={"partitions": raw_partitions}), [kafka.raw_topic])
     ensure_topics(kafka, [kafka.readings_topic, kafka.aggregates_topic, kafka.dead_letter_topic])
     return settings, config
@@ -289,11 +295,11 @@ def test_job_splits_dedupes_aggregates_and_dead_letters(
         job.track_children()
         # The local JVM got the job's options (heap, temporary folder, collector).
         (java,) = [c.cmdline() for c in job.children if "java" in c.name()]
-        f = settings.flink
+        local = settings.stack.flink
         assert {
-            f"-Xmx{f.local_heap_mb}m",
-            f"-Djava.io.tmpdir={f.tmp_dir}",
-            *f.local_jvm_options,
+            f"-Xmx{local.heap_mb}m",
+            f"-Djava.io.tmpdir={local.tmp_dir}",
+            *local.jvm_options,
         } <= set(java), java
         # Only now: the watermark has passed window 0, so this reading is late for it.
         produce(settings, phase_b)
@@ -492,7 +498,7 @@ def test_killed_job_resumes_from_checkpoint_without_loss_or_repeats(
         assert "checkpoint completed" in job.text()
         # What the killed run left behind (its mini-cluster's folders) is in the job's
         # own temporary folder, not /tmp ...
-        tmp = settings.flink.tmp_dir
+        tmp = settings.stack.flink.tmp_dir
         left = list(tmp.glob("minicluster_*"))
         assert len(left) == 1, left
         job.start()
@@ -612,7 +618,11 @@ def test_the_deduped_readings_are_read_once_for_the_readings_and_late_letters(
     config = tmp_path / "flink.yaml"
     config.write_text(
         yaml.safe_dump(
-            {"flink": {"log_dir": str(tmp_path / "log"), "tmp_dir": str(tmp_path / "tmp")}}
+            {
+                "stack": {
+                    "flink": {"log_dir": str(tmp_path / "log"), "tmp_dir": str(tmp_path / "tmp")}
+                }
+            }
         )
     )
     done = subprocess.run(

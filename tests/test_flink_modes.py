@@ -188,11 +188,8 @@ def test_managed_driver_submits_and_returns_without_cancelling(tmp_path: Path) -
         yaml.safe_dump(
             {
                 "kafka": {"bootstrap_servers": "127.0.0.1:1"},
-                "flink": {
-                    "checkpoint_dir": str(local / "checkpoints"),
-                    "log_dir": str(local / "log"),
-                    "tmp_dir": str(local / "tmp"),
-                },
+                "flink": {"checkpoint_dir": str(local / "checkpoints")},
+                "stack": {"flink": {"log_dir": str(local / "log"), "tmp_dir": str(local / "tmp")}},
             }
         )
     )

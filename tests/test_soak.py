@@ -201,7 +201,7 @@ def test_soak(tmp_path: Path) -> None:
             "AIRCAST_INGEST__SCRAPERS": "2",
             "AIRCAST_INGEST__DEDUPE_TTL_S": str(TTL_S),
             "AIRCAST_FLINK__DEDUPE_TTL_S": str(TTL_S),
-            "AIRCAST_FLINK__LOCAL_HEAP_MB": str(FLINK_HEAP_MB),
+            "AIRCAST_STACK__FLINK__HEAP_MB": str(FLINK_HEAP_MB),
         },
         "--status-every",
         "30",

@@ -133,7 +133,7 @@ def _up(settings: Settings, *, services: tuple[str, ...] | None = None) -> Stack
         influx_username=settings.influx.username or "aircast",
         influx_password=password or "aircast-local",
         topics=all_topics(settings.kafka),
-        flink_python=str(settings.flink.python),
+        flink_python=str(settings.stack.flink.python),
         influx_memory_limit_mb=settings.stack.influx_memory_limit_mb,
     )
     build_services(plan)  # fail fast on a missing binary, before anything starts

@@ -433,8 +433,8 @@ def _flink(plan: Plan) -> Service:
 
     env = {
         "AIRCAST_FLINK__CHECKPOINT_DIR": str(state / "flink" / "checkpoints"),
-        "AIRCAST_FLINK__LOG_DIR": str(state / "flink" / "log"),
-        "AIRCAST_FLINK__TMP_DIR": str(state / "flink" / "tmp"),
+        "AIRCAST_STACK__FLINK__LOG_DIR": str(state / "flink" / "log"),
+        "AIRCAST_STACK__FLINK__TMP_DIR": str(state / "flink" / "tmp"),
         "AIRCAST_STACK__STATE_DIR": str(state),
     }
     if kafka:
