@@ -385,9 +385,9 @@ def test_a_restarted_ray_head_gets_the_pipeline_back(run: Run) -> None:
     killed_at = len(run.app.out)
     os.kill(_gcs_pid(settings), signal.SIGKILL)
     deadline = time.monotonic() + 300
+    jobs = ["ingest", "collect", *(["alerts"] if settings.alerts.enabled else [])]
     for said in (
-        "ray job ingest lost (Ray head restarted?): resubmitted",
-        "ray job collect lost (Ray head restarted?): resubmitted",
+        *(f"ray job {name} lost (Ray head restarted?): resubmitted" for name in jobs),
         "Serve app aircast lost (Ray head restarted?): redeployed",
     ):
         while said not in run.app.out:
@@ -410,7 +410,9 @@ def test_a_restarted_ray_head_gets_the_pipeline_back(run: Run) -> None:
     # The status line wraps at the console's width (a narrow one in tests): any
     # whitespace, a line break too, between its fields.
     back = re.compile(
-        r"ingest=RUNNING\(restarts=\d+\)\s+collect=RUNNING\(restarts=1\)\s+serve=RUNNING"
+        r"ingest=RUNNING\(restarts=\d+\)\s+collect=RUNNING\(restarts=1\)\s+"
+        + (r"alerts=RUNNING\(restarts=1\)\s+" if settings.alerts.enabled else "")
+        + r"serve=RUNNING"
     )
     while not back.search(run.app.out[killed_at:]):
         assert time.monotonic() < deadline + 300, run.app.out[-3000:]

@@ -30,7 +30,9 @@ from .helpers import AircastRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink, pytest.mark.exclusive]
 
-STATUS = re.compile(r"ingest=(\S+) collect=(\S+) serve=(\S+)")
+# The jobs' and the app's states on the status line (alerts when alerts.enabled); the
+# line may wrap at the console's width, so any whitespace separates the fields.
+STATUS = re.compile(r"ingest=(\S+)\s+collect=(\S+)\s+(?:alerts=(\S+)\s+)?serve=(\S+)")
 
 
 @contextmanager
@@ -87,8 +89,10 @@ def _answers(app: AircastRun, base: str, timeout_s: float) -> dict[str, object]:
                     seen["horizons"] = len(forecast.json()["points"])
         except (httpx.HTTPError, KeyError, ValueError, StopIteration) as exc:
             seen["error"] = repr(exc)
-        statuses = [STATUS.search(line) for line in app.lines]
-        last = [m.groups() for m in statuses if m]
+        last = [
+            tuple(g for g in m.groups() if g is not None)
+            for m in STATUS.finditer("\n".join(app.lines))
+        ]
         seen["status"] = last[-1] if last else None
         if (
             seen.get("map")
@@ -121,7 +125,8 @@ def test_make_run_comes_up_with_map_api_history_and_forecasts(tmp_path: Path, lo
     assert int(str(seen.get("history_points", 0))) >= 100, seen
     assert seen.get("forecast") == 200 and int(str(seen.get("horizons", 0))) > 0, seen
     status = seen["status"]
-    assert isinstance(status, tuple) and all(s.startswith("RUNNING") for s in status), (
+    assert isinstance(status, tuple) and len(status) == 4, seen  # ingest collect alerts serve
+    assert all(s.startswith("RUNNING") for s in status), (
         seen,
         app.out[-4000:],
     )
