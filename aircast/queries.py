@@ -184,15 +184,7 @@ def readings(
             if row.get("value") is not None:
                 out.append(Point(int(row["time"]), float(row["value"])))
         elif row.get("mean") is not None:
-            out.append(
-                Point(
-                    int(row["time"]),
-                    float(row["mean"]),
-                    min=_opt_float(row.get("min")),
-                    max=_opt_float(row.get("max")),
-                    count=None if row.get("count") is None else int(row["count"]),
-                )
-            )
+            out.append(_summary_point(row))
     return out
 
 
@@ -228,16 +220,21 @@ def grouped_readings(
         f"GROUP BY time({interval}) fill(none) LIMIT {int(limit)}"
     )
     return [
-        Point(
-            int(row["time"]),
-            float(row["mean"]),
-            min=_opt_float(row.get("min")),
-            max=_opt_float(row.get("max")),
-            count=None if row.get("count") is None else int(row["count"]),
-        )
+        _summary_point(row)
         for row in influx.rows(q, database, epoch="s")
         if row.get("mean") is not None
     ]
+
+
+def _summary_point(row: dict[str, Any]) -> Point:
+    """A window's mean, min, max and count (an aggregate row, or a GROUP BY time row)."""
+    return Point(
+        int(row["time"]),
+        float(row["mean"]),
+        min=_opt_float(row.get("min")),
+        max=_opt_float(row.get("max")),
+        count=None if row.get("count") is None else int(row["count"]),
+    )
 
 
 def _opt_float(value: Any) -> float | None:
