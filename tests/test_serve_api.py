@@ -212,6 +212,40 @@ def test_readings_raw_and_10m(app: App, client: httpx.Client) -> None:
     assert iso.status_code == 200 and iso.json()["points"] == []
 
 
+@pytest.mark.parametrize(("resolution", "seconds"), [("1h", 3600), ("1d", 86_400)])
+def test_hourly_and_daily_readings_summarise_the_10_minute_aggregates(
+    client: httpx.Client, resolution: str, seconds: int
+) -> None:
+    """Each window: the mean of the 10-minute means, the min of their mins, the max of
+    their maxes, the sum of their counts (computed here from the 10m answer); as CSV
+    the same rows."""
+    now = int(time.time())
+    params_10m = {"measure": "P1", "from": now - 30 * 86_400, "to": now + 600}
+    tens = client.get("/v1/sensors/101/readings", params=params_10m).json()["points"]
+    assert tens
+    want: dict[int, list[dict[str, float]]] = {}
+    for p in tens:
+        want.setdefault(p["time"] // seconds * seconds, []).append(p)
+    got = client.get(
+        "/v1/sensors/101/readings", params={**params_10m, "resolution": resolution}
+    ).json()
+    assert got["resolution"] == resolution
+    assert [p["time"] for p in got["points"]] == sorted(want)
+    for point in got["points"]:
+        group = want[point["time"]]
+        assert point["value"] == pytest.approx(sum(g["value"] for g in group) / len(group))
+        assert point["min"] == min(g["min"] for g in group)
+        assert point["max"] == max(g["max"] for g in group)
+        assert point["count"] == sum(g["count"] for g in group)
+    csv = client.get(
+        "/v1/sensors/101/readings",
+        params={**params_10m, "resolution": resolution, "format": "csv"},
+    )
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    rows = [line for line in csv.text.splitlines() if line and not line.startswith("#")]
+    assert len(rows) == 1 + len(got["points"]), csv.text[:500]  # a header, then a row each
+
+
 @pytest.mark.parametrize(
     ("path", "params", "needle"),
     [
