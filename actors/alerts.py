@@ -41,7 +41,7 @@ import ray
 import redis
 from confluent_kafka import OFFSET_STORED, TopicPartition
 
-from aircast import options
+from aircast import options, tuning
 from aircast.alert_store import AlertStore, OutboxEntry
 from aircast.alerts import WEBHOOK_FAILED, WEBHOOK_REJECTED, Alert, Engine
 from aircast.cache import redis_client
@@ -61,14 +61,6 @@ from aircast.retry import (
 from aircast.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
-
-# Rules are re-read this often: a rule created through the API applies within seconds.
-RULES_REFRESH_S = 2.0
-# Webhook retries: 0.5 s, 1 s, 2 s, ... at most 30 s (each drawn from its upper half).
-WEBHOOK_BACKOFF = Backoff(first_s=0.5, max_s=30.0)
-# Redis or Kafka away: wait and try again (never skip a batch), up to a minute apart.
-OUTAGE_BACKOFF = Backoff(first_s=0.5, max_s=60.0)
-BATCH = 500
 
 
 @dataclass
@@ -111,7 +103,7 @@ class Evaluator:
         self.positions: dict[int, int] = {}  # partition → next offset, once evaluated
         self.stats = AlertStats()
         self.stopping = False
-        self._rules_at = -RULES_REFRESH_S
+        self._rules_at = -tuning.ALERT_RULES_REFRESH_S
         self._unreadable: set[str] = set()
         self._forecasts_at = time.monotonic()  # the first check after one interval
 
@@ -144,10 +136,10 @@ class Evaluator:
     def poll_once(self, timeout_s: float = 0.5) -> int:
         """Read, evaluate, save, deliver, commit: one batch of aggregates (and the
         forecast rules when due). The number of aggregates taken."""
-        if time.monotonic() - self._rules_at >= RULES_REFRESH_S:
+        if time.monotonic() - self._rules_at >= tuning.ALERT_RULES_REFRESH_S:
             self._patiently("alert rules not read", self.refresh_rules)
         alerts: list[Alert] = []
-        messages = self.consumer.consume(num_messages=BATCH, timeout=timeout_s)
+        messages = self.consumer.consume(num_messages=tuning.ALERT_BATCH, timeout=timeout_s)
         now = time.time()
         taken = 0
         for m in messages:
@@ -258,13 +250,13 @@ class Evaluator:
                 # A receiver's Retry-After is honoured up to the backoff's longest wait:
                 # every other alert waits behind this one.
                 hint = retry_after_s(response.headers.get("Retry-After"))
-                capped = None if hint is None else min(hint, WEBHOOK_BACKOFF.max_s)
+                capped = None if hint is None else min(hint, tuning.ALERT_WEBHOOK_BACKOFF_S[1])
                 raise TransientStatus(status, capped)
             if status >= 400:
                 raise WebhookRefused(f"HTTP {status}: {response.text[:200]}")
 
         policy = retrying(
-            backoff=WEBHOOK_BACKOFF,
+            backoff=Backoff(*tuning.ALERT_WEBHOOK_BACKOFF_S),
             retry_on=transient_http,
             attempts=self.settings.alerts.webhook_retries + 1,
             log=log,
@@ -297,7 +289,7 @@ class Evaluator:
         works or the evaluator is stopped (then the error propagates, nothing is
         committed, and a restart takes up from the last commit)."""
         policy = retrying(
-            backoff=OUTAGE_BACKOFF,
+            backoff=Backoff(*tuning.ALERT_OUTAGE_BACKOFF_S),
             retry_on=lambda exc: isinstance(
                 exc, redis.RedisError | ProduceError | confluent_kafka.KafkaException
             ),

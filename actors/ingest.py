@@ -25,7 +25,7 @@ import ray
 from ray.actor import ActorProxy
 from ray.util import metrics
 
-from aircast import options, telemetry
+from aircast import options, telemetry, tuning
 from aircast.bulk import collector_paused
 from aircast.ingest import IngestCounts, Ingestor, shard_of
 from aircast.kafka import ensure_topics
@@ -35,10 +35,6 @@ from aircast.snapshots import choose_source, snapshots
 from aircast.sources import Snapshot, SourceError
 
 log = logging.getLogger(__name__)
-
-# One snapshot's ingest: 4 attempts, waiting 1-2, 2-4, then 4-8 s (aircast.retry).
-SNAPSHOT_ATTEMPTS = 4
-SNAPSHOT_BACKOFF = Backoff(first_s=2.0, max_s=8.0)
 
 
 class Scraper:
@@ -156,8 +152,8 @@ class Coordinator:
         shards are put in the object store once and every attempt reads them there."""
         shards = self.shard(snapshot)
         policy = retrying(
-            attempts=SNAPSHOT_ATTEMPTS,
-            backoff=SNAPSHOT_BACKOFF,
+            attempts=tuning.SNAPSHOT_ATTEMPTS,
+            backoff=Backoff(*tuning.SNAPSHOT_BACKOFF_S),
             retry_on=lambda exc: isinstance(exc, ray.exceptions.RayError),
             log=log,
             event=f"snapshot failed source={shards.source}",
@@ -170,7 +166,7 @@ class Coordinator:
                 "(what is still in the feed is taken with the next snapshot)",
                 shards.source,
                 shards.records,
-                SNAPSHOT_ATTEMPTS,
+                tuning.SNAPSHOT_ATTEMPTS,
                 describe(exc),
             )
             return None

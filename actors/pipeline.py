@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
+from aircast import tuning
 from aircast.errors import AircastError
 from aircast.localhost import free_port, port_is_free, ray_environment
 from aircast.retry import Backoff
@@ -35,19 +36,6 @@ JOBS = {"ingest": "actors.ingest", "collect": "actors.collect"}
 ALERTS_JOB = ("alerts", "actors.alerts")
 # The Serve app's builder, as the RayService's serveConfigV2 names it.
 APP_IMPORT_PATH = f"{build_app.__module__}:{build_app.__name__}"
-SERVE_DEPLOY_TIMEOUT_S = 300.0
-
-
-# A failed job is resubmitted after up to 5 s, doubled on each failure in a row (up to
-# 300 s), with jitter (aircast.retry): a job that cannot start (bad settings) is retried
-# slowly, not in a loop.
-RESUBMIT_BACKOFF = Backoff(first_s=5.0, max_s=300.0)
-# A job that ran this long before it failed starts its backoff again from the first step.
-HEALTHY_RUN_S = 600.0
-# A failed Serve deploy is tried again after up to 10 s, doubling while it keeps failing
-# (up to 300 s): the stack and the jobs keep running meanwhile, and the status line
-# says when.
-REDEPLOY_BACKOFF = Backoff(first_s=10.0, max_s=300.0)
 
 
 @dataclass
@@ -103,7 +91,7 @@ class Running:
         app = apps.get(APP_NAME)
         return str(app["status"]) if app else None
 
-    def deploy_serve(self, timeout_s: float = SERVE_DEPLOY_TIMEOUT_S) -> None:
+    def deploy_serve(self, timeout_s: float = tuning.SERVE_DEPLOY_TIMEOUT_S) -> None:
         """Deploy the Serve config and wait until the app is RUNNING; raises
         :class:`AircastError` if the deploy is refused, fails or times out."""
         assert self.serve is not None and self.serve_config is not None
@@ -120,7 +108,7 @@ class Running:
             time.sleep(1)
         log.info("serve app deployed app=%s url=%s", APP_NAME, self.serve_url)
 
-    def try_deploy_serve(self, timeout_s: float = SERVE_DEPLOY_TIMEOUT_S) -> bool:
+    def try_deploy_serve(self, timeout_s: float = tuning.SERVE_DEPLOY_TIMEOUT_S) -> bool:
         """:meth:`deploy_serve`; on failure one log line and a retry scheduled with
         backoff (:meth:`revive` makes it), never an exception: one failed deploy must not
         stop the stack and the jobs."""
@@ -135,7 +123,7 @@ class Running:
 
     def _serve_failed(self, exc: BaseException) -> None:
         self.serve_failures += 1
-        wait = REDEPLOY_BACKOFF.wait(self.serve_failures)
+        wait = Backoff(*tuning.SERVE_REDEPLOY_BACKOFF_S).wait(self.serve_failures)
         self.serve_retry_at = time.monotonic() + wait
         log.warning(
             "serve deploy failed app=%s attempt=%d error=%s; retrying in %.0f s",
@@ -201,10 +189,10 @@ class Running:
                 if info.status != JobStatus.FAILED:
                     continue
                 ran_s = ((info.end_time or 0) - (info.start_time or 0)) / 1000
-                if ran_s >= HEALTHY_RUN_S:
+                if ran_s >= tuning.JOB_HEALTHY_RUN_S:
                     job.failures_in_row = 0
                 job.failures_in_row += 1
-                wait = RESUBMIT_BACKOFF.wait(job.failures_in_row)
+                wait = Backoff(*tuning.JOB_RESUBMIT_BACKOFF_S).wait(job.failures_in_row)
                 job.retry_at = now + wait
                 log.warning(
                     "ray job failed name=%s id=%s ran_s=%.0f message=%r; resubmitting in %.0f s",

@@ -41,13 +41,11 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from aircast import tuning
 from aircast.measures import BY_NAME
 from aircast.records import AGGREGATE_WINDOW_S, Aggregate
 
 __all__ = [
-    "MAX_AGE_S",
-    "MAX_RULES",
-    "MAX_SENSORS",
     "WEBHOOK_FAILED",
     "WEBHOOK_REJECTED",
     "Alert",
@@ -65,16 +63,7 @@ __all__ = [
 WEBHOOK_FAILED = "webhook_failed"  # no answer, 429 or 5xx on every attempt
 WEBHOOK_REJECTED = "webhook_rejected"  # a 4xx other than 429: asking again cannot help
 
-# Bounds that keep one aggregate's evaluation cheap and a rule's state bounded.
-MAX_RULES = 1_000
-MAX_SENSORS = 1_000
 MAX_SENSOR_ID = 10**12  # as the API's sensor paths
-MAX_DURATION_S = 7 * 86_400
-MAX_HORIZON_S = 86_400
-# An aggregate of a window that ended longer ago than this is history, not news: a
-# backlog read after a long outage (or a new consumer group starting at the topic's
-# beginning) must not page anyone about last week.
-MAX_AGE_S = 6 * 3_600
 
 _WEBHOOK = re.compile(r"^https?://[^\s/?#]+[^\s]*$")
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -136,7 +125,10 @@ class RuleSpec(BaseModel):
     )
     bbox: BBox | None = Field(default=None, description="the area (or give sensors)")
     sensors: tuple[int, ...] | None = Field(
-        default=None, min_length=1, max_length=MAX_SENSORS, description="sensor ids (or a bbox)"
+        default=None,
+        min_length=1,
+        max_length=tuning.ALERT_MAX_SENSORS,
+        description="sensor ids (or a bbox)",
     )
     forecast_horizon_s: int | None = Field(
         default=None,
@@ -159,12 +151,16 @@ class RuleSpec(BaseModel):
     @field_validator("duration_s", "clear_s")
     @classmethod
     def _windows(cls, value: int, info: Any) -> int:
-        return _whole_windows(info.field_name, value, MAX_DURATION_S)
+        return _whole_windows(info.field_name, value, tuning.ALERT_MAX_DURATION_S)
 
     @field_validator("forecast_horizon_s")
     @classmethod
     def _horizon(cls, value: int | None) -> int | None:
-        return None if value is None else _whole_windows("forecast_horizon_s", value, MAX_HORIZON_S)
+        return (
+            None
+            if value is None
+            else _whole_windows("forecast_horizon_s", value, tuning.ALERT_MAX_HORIZON_S)
+        )
 
     @field_validator("sensors")
     @classmethod
@@ -438,7 +434,7 @@ class Engine:
         self._changed: dict[tuple[str, int], Episode] = {}
         # Where each sensor was last seen, per measure (forecast rules over an area).
         self.places: dict[str, dict[int, tuple[float, float]]] = {}
-        self.stale = 0  # aggregates passed over as older than MAX_AGE_S
+        self.stale = 0  # aggregates passed over as older than tuning.ALERT_MAX_AGE_S
 
     def load(self, rule: Rule, episodes: Mapping[int, Episode]) -> None:
         self.rules[rule.id] = rule
@@ -471,7 +467,7 @@ class Engine:
         """Every observed rule's verdict on one aggregate."""
         if math.isfinite(a.latitude) and math.isfinite(a.longitude):
             self.places.setdefault(a.measure, {})[a.sensor_id] = (a.latitude, a.longitude)
-        if a.window_end < now - MAX_AGE_S:
+        if a.window_end < now - tuning.ALERT_MAX_AGE_S:
             self.stale += 1
             return []
         obs = Observation.of_aggregate(a)

@@ -54,6 +54,7 @@ from typing import Any
 
 import httpx
 
+from aircast import tuning
 from aircast.errors import AircastError, InvalidRecord
 from aircast.records import parse_timestamp
 from aircast.retry import Backoff, TransientStatus, retry_after_s, retrying, transient_http
@@ -86,10 +87,6 @@ IDENTITY_COLUMNS: tuple[str, ...] = (
 _FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})_([A-Za-z0-9-]+)_sensor_(\d+)\.csv(\.gz)?$")
 _HREF = re.compile(r"""href\s*=\s*["']([^"'?#]+)["']""", re.IGNORECASE)
 
-HTTP_TIMEOUT_S = 30.0
-HTTP_RETRIES = 3
-HTTP_BACKOFF = Backoff(first_s=0.5, max_s=8.0)
-
 
 class ArchiveError(AircastError):
     """The archive cannot be read (unreachable URL, unreadable folder)."""
@@ -110,8 +107,8 @@ def _is_url(source: str | Path) -> bool:
 def get(client: httpx.Client, url: str) -> httpx.Response | None:
     """GET under the retry policy (no answer, 429 and 5xx tried again); ``None`` for 404."""
     policy = retrying(
-        attempts=HTTP_RETRIES + 1,
-        backoff=HTTP_BACKOFF,
+        attempts=tuning.ARCHIVE_HTTP_RETRIES + 1,
+        backoff=Backoff(*tuning.ARCHIVE_HTTP_BACKOFF_S),
         retry_on=transient_http,
         log=log,
         event=f"archive get failed url={url}",
@@ -147,7 +144,7 @@ def _day_files(source: str | Path, day: date) -> Iterator[tuple[str, str]]:
     stamp = day.isoformat()
     if _is_url(source):
         base = str(source).rstrip("/")
-        with httpx.Client(timeout=HTTP_TIMEOUT_S, follow_redirects=True) as client:
+        with httpx.Client(timeout=tuning.ARCHIVE_HTTP_TIMEOUT_S, follow_redirects=True) as client:
             index = get(client, f"{base}/{stamp}/")
             if index is None:
                 log.warning("archive day missing url=%s/%s/", base, stamp)

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import httpx
 
+from aircast import tuning
 from aircast.archive import ArchiveError, get
 from aircast.errors import AircastError
 
 log = logging.getLogger(__name__)
 
 PUBLIC_ARCHIVE = "https://archive.sensor.community"
-_CHUNK = 1 << 20
 
 
 class ArchiveUnavailable(AircastError):
@@ -65,7 +65,7 @@ def write_manifest(root: Path, paths: Iterable[str], out: Path) -> None:
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        while block := f.read(_CHUNK):
+        while block := f.read(tuning.HASH_BLOCK_BYTES):
             digest.update(block)
     return digest.hexdigest()
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from aircast import tuning
 from aircast.errors import InvalidRecord
 from aircast.influx import InfluxV1, quote_ident
 from aircast.kafka import scan
@@ -57,16 +58,6 @@ from aircast.records import (
 from aircast.settings import Settings
 
 ReadingId = tuple[str, int, int]  # (measure, sensor id, timestamp): one reading
-SHOWN = 20  # differences listed in full up to this many
-SLICE_S = 3600  # InfluxDB is asked about at most an hour of readings at a time
-SUSPECTS_PER_QUERY = 100  # sensors whose points are read one by one, per query
-AUDIT_TIMEOUT_S = 600.0
-# At most about this many series per count query (a page of sensors: sensor_id mod
-# 10**k, as the Refresher reads histories), one row per series: influxd holds a query's
-# every series in memory while it answers, so one query over all of an hour's series at
-# 10x the network (~100,000 a measure) grows without bound, while a page's cost is
-# bounded by its size.
-SERIES_PER_QUERY = 2_000
 
 
 def reading_id(reading: Reading) -> ReadingId:
@@ -281,7 +272,7 @@ def read_influx(settings: Settings, audit: Audit) -> None:
         by_measure[rid[0]].append(rid)
     # A batch tool: a count over every series of an hour may take InfluxDB a while.
     patient = settings.influx.model_copy(
-        update={"timeout_s": max(settings.influx.timeout_s, AUDIT_TIMEOUT_S)}
+        update={"timeout_s": max(settings.influx.timeout_s, tuning.AUDIT_TIMEOUT_S)}
     )
     with InfluxV1(patient) as influx:
         for measure, rids in sorted(by_measure.items()):
@@ -320,8 +311,8 @@ def _close(a: float, b: float) -> bool:
 
 def _hours(first: int, last: int) -> Iterator[str]:
     """InfluxQL time conditions covering [first, last] (seconds) an hour at a time."""
-    for start in range(first, last + 1, SLICE_S):
-        yield f"time >= {start}s AND time <= {min(start + SLICE_S - 1, last)}s"
+    for start in range(first, last + 1, tuning.AUDIT_SLICE_S):
+        yield f"time >= {start}s AND time <= {min(start + tuning.AUDIT_SLICE_S - 1, last)}s"
 
 
 def _series_counts(
@@ -330,7 +321,7 @@ def _series_counts(
     """(sensor id, the series' tags, its points, their sum) per series, hour slice and
     page of sensors."""
     database = settings.influx.raw_database
-    digits = page_digits(sensor_count(influx, database, measure), SERIES_PER_QUERY)
+    digits = page_digits(sensor_count(influx, database, measure), tuning.AUDIT_SERIES_PER_QUERY)
     pages = [page_clause(page, digits) for page in range(10**digits)]
     for hour, page in ((h, p) for h in _hours(first, last) for p in pages):
         where = hour if page is None else f"{hour} AND {page}"
@@ -361,8 +352,10 @@ def _read_suspects(
     series: dict[tuple[int, int], tuple[Any, Any]] = {}
     twice: dict[tuple[int, int], set[tuple[Any, Any]]] = {}
     ordered = sorted(suspects)
-    for i in range(0, len(ordered), SUSPECTS_PER_QUERY):
-        which = " OR ".join(f"sensor_id = '{s}'" for s in ordered[i : i + SUSPECTS_PER_QUERY])
+    for i in range(0, len(ordered), tuning.AUDIT_SUSPECTS_PER_QUERY):
+        which = " OR ".join(
+            f"sensor_id = '{s}'" for s in ordered[i : i + tuning.AUDIT_SUSPECTS_PER_QUERY]
+        )
         for hour in _hours(first, last):
             q = (
                 f'SELECT "value", "sensor_id", "location_id", "city" FROM {quote_ident(measure)} '

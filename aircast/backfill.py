@@ -29,6 +29,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from aircast import tuning
 from aircast.archive import days, iter_day_records
 from aircast.errors import BackpressureError
 from aircast.geocode import Geocoder
@@ -48,16 +49,6 @@ from aircast.settings import InfluxSettings
 from aircast.simulator import Network
 
 log = logging.getLogger(__name__)
-
-# A batch InfluxDB pushes back on is sent again after its Retry-After, this many times
-# in all (the backoff applies when the server gives no hint).
-BACKPRESSURE_ATTEMPTS = 10
-BACKPRESSURE_BACKOFF = Backoff(first_s=1.0, max_s=30.0)
-
-BATCH_LINES = 5_000
-# Readings this close to the retention edge are treated as beyond it: the edge moves
-# while a backfill runs, and InfluxDB refuses a whole batch for one point past it.
-RETENTION_MARGIN_S = 3_600
 
 
 @dataclass
@@ -157,7 +148,7 @@ class Backfill:
         *,
         geocoder: Geocoder | None = None,
         on_reject: RejectHook | None = None,
-        batch_lines: int = BATCH_LINES,
+        batch_lines: int = tuning.BACKFILL_BATCH_LINES,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.influx = influx
@@ -171,7 +162,9 @@ class Backfill:
 
     def _raw_lines(self, readings: list[Reading]) -> Iterator[str]:
         cutoff = (
-            None if self.retention_s is None else self.now() - self.retention_s + RETENTION_MARGIN_S
+            None
+            if self.retention_s is None
+            else self.now() - self.retention_s + tuning.RETENTION_MARGIN_S
         )
         for r in readings:
             if cutoff is not None and r.timestamp < cutoff:
@@ -183,10 +176,11 @@ class Backfill:
     def _write(self, lines: Iterable[str], database: str) -> int:
         """Write in batches; when InfluxDB pushes back (:class:`BackpressureError`) the
         batch waits out its ``retry_after`` and is sent again, up to
-        ``BACKPRESSURE_ATTEMPTS`` times (the client itself retries only failures)."""
+        ``tuning.BACKFILL_BACKPRESSURE_ATTEMPTS`` times (the client itself retries only
+        failures)."""
         policy = retrying(
-            attempts=BACKPRESSURE_ATTEMPTS,
-            backoff=BACKPRESSURE_BACKOFF,
+            attempts=tuning.BACKFILL_BACKPRESSURE_ATTEMPTS,
+            backoff=Backoff(*tuning.BACKFILL_BACKPRESSURE_BACKOFF_S),
             retry_on=lambda exc: isinstance(exc, BackpressureError),
             log=log,
             event=f"backfill write slowed down db={database}",

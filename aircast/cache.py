@@ -9,14 +9,9 @@ from redis.backoff import EqualJitterBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from redis.retry import Retry
 
+from aircast import tuning
 from aircast.settings import RedisSettings
 
-# A restarted redis-server is back within seconds, first refusing connections, then
-# answering LOADING while it reads its append-only file: retry through both rather than
-# fail a scraper's snapshot. redis-py retries inside the client, per command, so its own
-# Retry is kept, with the backoff of aircast.retry: waits of 0.2, 0.4, 0.8, 1.6, then 2 s
-# each at most, each drawn from its upper half (equal jitter): 7.5 to 15 s in all.
-RETRY = Retry(EqualJitterBackoff(cap=2.0, base=0.1), retries=10)
 # OSError: a refused connect is a socket error, which redis-py does not retry by itself
 # (its stubs type this list as Redis errors only, hence Any).
 RETRY_ON: list[Any] = [BusyLoadingError, ConnectionError, TimeoutError, OSError]
@@ -31,7 +26,11 @@ def redis_client(settings: RedisSettings) -> redis.Redis[str]:
         socket_timeout=5.0,
         socket_connect_timeout=5.0,
         health_check_interval=30,
-        retry=RETRY,
+        # Each command is retried through a redis-server restart (aircast.tuning).
+        retry=Retry(
+            EqualJitterBackoff(cap=tuning.REDIS_RETRY_CAP_S, base=tuning.REDIS_RETRY_BASE_S),
+            retries=tuning.REDIS_RETRIES,
+        ),
         retry_on_error=RETRY_ON,
     )
 

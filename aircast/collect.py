@@ -40,10 +40,11 @@ import confluent_kafka
 from confluent_kafka import OFFSET_STORED, TopicPartition
 from kafka import KafkaProducer
 
+from aircast import tuning
 from aircast.deadletters import DeadLetters
 from aircast.errors import BackpressureError, InvalidRecord, StorageError
 from aircast.influx import InfluxV1, duration_seconds
-from aircast.kafka import STALL_S, end_offsets, fast_consumer
+from aircast.kafka import end_offsets, fast_consumer
 from aircast.kafka import producer as make_producer
 from aircast.records import (
     BEYOND_RETENTION,
@@ -56,9 +57,6 @@ from aircast.retry import Backoff, retrying
 from aircast.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# The longest wait between two attempts of a failed flush.
-MAX_BACKOFF_S = 30.0
 
 
 class Origin(Protocol):
@@ -376,7 +374,7 @@ class Collector:
 
         backoff_s = self.settings.influx.backoff_s
         policy = retrying(
-            backoff=Backoff(backoff_s, max(backoff_s, MAX_BACKOFF_S)),
+            backoff=Backoff(backoff_s, max(backoff_s, tuning.COLLECT_MAX_BACKOFF_S)),
             retry_on=lambda exc: isinstance(exc, StorageError),
             stop_when=lambda: self.stopping,
             on_failure=failed,
@@ -453,8 +451,8 @@ class Collector:
         A one-shot run first reads every partition up to its end offset at the start
         (:func:`aircast.kafka.end_offsets`), whatever ``until_idle_s``: a first fetch
         slower than that (a busy or fresh broker) must not end it before everything
-        there was read. It stops waiting for those ends after ``STALL_S`` without a
-        message, with a warning."""
+        there was read. It stops waiting for those ends after ``tuning.KAFKA_STALL_S``
+        without a message, with a warning."""
         floors = self._floors() if until_idle_s is not None else {}
         idle_since = time.monotonic()
         last_report = time.monotonic()
@@ -469,7 +467,7 @@ class Collector:
                 last_report = time.monotonic()
             if until_idle_s is not None:
                 floors = self._still_below(floors)
-                limit = STALL_S if floors else until_idle_s
+                limit = tuning.KAFKA_STALL_S if floors else until_idle_s
                 if time.monotonic() - idle_since >= limit:
                     if floors:
                         log.warning("stopped short of the end offsets at start: %s", floors)

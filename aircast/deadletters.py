@@ -13,11 +13,10 @@ import time
 from collections import Counter
 from typing import Any, Protocol
 
+from aircast import tuning
 from aircast.records import DeadLetter
 
 log = logging.getLogger(__name__)
-
-MAX_PAYLOAD_CHARS = 100_000  # a pathological payload is cut, and the cut is said
 
 
 def payload_text(payload: Any) -> str:
@@ -31,8 +30,8 @@ def payload_text(payload: Any) -> str:
             text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
         except (TypeError, ValueError):
             text = repr(payload)
-    if len(text) > MAX_PAYLOAD_CHARS:
-        text = text[:MAX_PAYLOAD_CHARS] + f"...[cut, {len(text)} chars in all]"
+    if len(text) > tuning.DEAD_LETTER_MAX_PAYLOAD_CHARS:
+        text = text[: tuning.DEAD_LETTER_MAX_PAYLOAD_CHARS] + f"...[cut, {len(text)} chars in all]"
     return text
 
 

@@ -12,9 +12,7 @@ import gzip
 import hashlib
 from dataclasses import dataclass
 
-# Level 6: within a few percent of level 9's size at a third of its time; the body
-# is compressed once per rebuild, not per request.
-GZIP_LEVEL = 6
+from aircast import tuning
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +25,7 @@ class CachedBody:
     def of(cls, body: bytes) -> CachedBody:
         digest = hashlib.blake2b(body, digest_size=16).hexdigest()
         # mtime=0: the same body always compresses to the same bytes.
-        return cls(body, gzip.compress(body, GZIP_LEVEL, mtime=0), f'W/"{digest}"')
+        return cls(body, gzip.compress(body, tuning.GZIP_LEVEL, mtime=0), f'W/"{digest}"')
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

@@ -27,14 +27,12 @@ from typing import Any
 import httpx
 import orjson
 
+from aircast import tuning
 from aircast.errors import BackpressureError, ConfigError, StorageError
 from aircast.retry import Backoff, retry_after_s, retrying
 from aircast.settings import InfluxSettings
 
 log = logging.getLogger(__name__)
-
-# The longest wait between two attempts of one request.
-MAX_BACKOFF_S = 30.0
 
 
 _UNITS = {
@@ -93,7 +91,9 @@ class InfluxV1:
         )
         self._retrying = retrying(
             attempts=settings.retries + 1,
-            backoff=Backoff(settings.backoff_s, max(settings.backoff_s, MAX_BACKOFF_S)),
+            backoff=Backoff(
+                settings.backoff_s, max(settings.backoff_s, tuning.INFLUX_MAX_BACKOFF_S)
+            ),
             retry_on=_transient,
             log=log,
             event=f"influx request failed url={settings.url}",

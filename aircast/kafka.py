@@ -24,6 +24,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from aircast import tuning
 from aircast.errors import BrokerError, ProduceError
 from aircast.settings import KafkaSettings
 
@@ -213,9 +214,6 @@ def fast_consumer(
     return confluent_kafka.Consumer(options)
 
 
-STALL_S = 30.0
-
-
 def end_offsets(
     settings: KafkaSettings,
     partitions: Iterable[tuple[str, int]],
@@ -282,7 +280,7 @@ def scan(
     commit (audits and tools). Ends when nothing new came for ``quiet_s`` once every
     partition was read up to its end offset at the start (:func:`end_offsets`): a first
     fetch slower than ``quiet_s`` (a busy or fresh broker) must not end the scan early.
-    Gives up waiting for an end after ``STALL_S`` without a message."""
+    Gives up waiting for an end after ``tuning.KAFKA_STALL_S`` without a message."""
     consumer = fast_consumer(settings, f"{settings.client_id}-scan-{uuid.uuid4().hex[:8]}")
     try:
         try:
@@ -318,7 +316,7 @@ def scan(
                 behind -= {tp.partition for tp in now_at if tp.offset >= floors[tp.partition]}
             if not messages:
                 waited = time.monotonic() - last_new
-                if waited >= (STALL_S if behind else quiet_s):
+                if waited >= (tuning.KAFKA_STALL_S if behind else quiet_s):
                     return
                 continue
             last_new = time.monotonic()

@@ -24,20 +24,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from aircast import tuning
 from aircast.influx import InfluxV1, quote_ident, quote_str
 from aircast.measures import BY_NAME
 from aircast.records import AGGREGATE_WINDOW_S
 
 Resolution = Literal["raw", "10m"]
 _NS = 1_000_000_000
-# Sensors per InfluxQL statement when fetching histories (the OR list stays short).
-_SENSORS_PER_QUERY = 200
-# Reads of every sensor go in pages of about this many sensors (sensor_id mod 10**k),
-# never as one answer: a page's answer is bounded on every InfluxDB version, where
-# 1.x's chunked answers are the only other way to bound it and 2.x does not serve them
-# (docs/influxdb.md). At 10x the network one measure has ~100,000 series, and influxd
-# holds a query's every series on its heap while it answers.
-_SERIES_PER_PAGE = 2_000
 _MAX_PAGE_DIGITS = 4
 
 
@@ -301,7 +294,7 @@ def sensor_count(influx: InfluxV1, database: str, measure: str) -> int:
     return len(sensor_ids(influx, database, quote_ident(measure)))
 
 
-def page_digits(series: int, per_page: int = _SERIES_PER_PAGE) -> int:
+def page_digits(series: int, per_page: int = tuning.SERIES_PER_PAGE) -> int:
     """How many trailing digits of the sensor id pick a page: the fewest that keep a
     page at ``per_page`` series or fewer (sensor ids' last digits are about uniform)."""
     digits = 0
@@ -327,7 +320,7 @@ def _every_sensor(
     database: str,
     source: str,
     query: Callable[[str | None], str],
-    per_page: int = _SERIES_PER_PAGE,
+    per_page: int = tuning.SERIES_PER_PAGE,
 ) -> Iterator[list[dict[str, Any]]]:
     """The series of ``query`` over every sensor of ``source``, one page of sensors per
     statement (each sensor whole in one page). ``query`` gets the page's tag condition
@@ -343,7 +336,7 @@ def history_pages(
     measure: str,
     window: int,
     lookback_s: int,
-    per_page: int = _SERIES_PER_PAGE,
+    per_page: int = tuning.SERIES_PER_PAGE,
 ) -> Iterator[dict[int, History]]:
     """Histories of every sensor with an aggregate of ``measure`` in the last
     ``lookback_s`` seconds, one page of sensors at a time (each sensor whole in one
@@ -374,7 +367,7 @@ def histories(
         for page in history_pages(influx, database, measure, window, lookback_s):
             out.update(page)
         return out
-    size = _SENSORS_PER_QUERY
+    size = tuning.HISTORY_SENSORS_PER_QUERY
     for i in range(0, len(sensor_ids), size):
         q = _history_query(measure, lookback_s, _sensor_clause(sensor_ids[i : i + size]))
         found = influx.query(q, database, epoch="s")

@@ -6,8 +6,8 @@ For each key:
 
 * no value yet: the caller waits for the build;
 * younger than ``ttl_s``: served as is;
-* older than ``ttl_s`` but younger than ``STALE_FACTOR * ttl_s``: served as is while
-  one rebuild runs in the background;
+* older than ``ttl_s`` but younger than ``STALE_FACTOR * ttl_s`` (:mod:`aircast.tuning`):
+  served as is while one rebuild runs in the background;
 * older still (nobody asked for a while): the caller waits for a fresh build.
 
 One build per key at a time: concurrent callers share it. A failed background build
@@ -24,10 +24,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from aircast import tuning
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-STALE_FACTOR = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,7 @@ class Refreshing(Generic[T]):
         if entry is not None and age is not None and age < self._ttl:
             return entry.value
         task = self._rebuild(key)
-        if entry is not None and age is not None and age < STALE_FACTOR * self._ttl:
+        if entry is not None and age is not None and age < tuning.STALE_FACTOR * self._ttl:
             return entry.value
         return await asyncio.shield(task)
 

@@ -11,7 +11,7 @@ or Serve deploy), so they all back off the same way:
 * a server's own hint (``Retry-After`` on a :class:`TransientStatus`, ``retry_after`` of
   a :class:`~aircast.errors.BackpressureError`) is honoured, never shortened: the wait
   is drawn from ``[hint, hint * (1 + jitter)]``, with the hint capped at
-  :data:`MAX_HINT_S` so one header cannot stall a stage for hours;
+  :data:`aircast.tuning.MAX_HINT_S` so one header cannot stall a stage for hours;
 * before each wait one warning: ``<event> attempt=<n>/<attempts> retry_in=<s>s
   error=<type>: <first line>`` (``attempt=<n>`` when the attempts are unbounded).
 
@@ -32,10 +32,10 @@ from email.utils import parsedate_to_datetime
 import httpx
 import tenacity
 
+from aircast import tuning
 from aircast.errors import BackpressureError
 
 __all__ = [
-    "MAX_HINT_S",
     "Backoff",
     "TransientStatus",
     "describe",
@@ -44,9 +44,6 @@ __all__ = [
     "retrying",
     "transient_http",
 ]
-
-# A server's Retry-After beyond this is taken as this: a stage keeps probing, slowly.
-MAX_HINT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -78,8 +75,8 @@ class Backoff:
 
 
 def honour(hint: float, jitter: float = 0.5) -> float:
-    """A wait in ``[h, h * (1 + jitter)]`` with ``h = min(hint, MAX_HINT_S)``."""
-    h = min(max(hint, 0.0), MAX_HINT_S)
+    """A wait in ``[h, h * (1 + jitter)]`` with ``h = min(hint, tuning.MAX_HINT_S)``."""
+    h = min(max(hint, 0.0), tuning.MAX_HINT_S)
     return h * (1.0 + jitter * random.random())
 
 

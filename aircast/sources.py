@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import orjson
 
+from aircast import tuning
 from aircast.bulk import collector_paused
 from aircast.errors import AircastError
 from aircast.records import format_timestamp, parse_timestamp
@@ -41,9 +42,6 @@ from aircast.retry import (
 )
 
 log = logging.getLogger(__name__)
-
-# The longest wait between two attempts of one fetch.
-MAX_BACKOFF_S = 60.0
 
 
 class SourceError(AircastError):
@@ -75,7 +73,7 @@ class HttpSource:
         self.backoff_s = backoff_s
         self._retrying = retrying(
             attempts=retries + 1,
-            backoff=Backoff(backoff_s, max(backoff_s, MAX_BACKOFF_S)),
+            backoff=Backoff(backoff_s, max(backoff_s, tuning.SOURCE_MAX_BACKOFF_S)),
             retry_on=transient_http,
             log=log,
             event=f"fetch failed source={name}",

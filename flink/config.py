@@ -26,6 +26,7 @@ import sysconfig
 from pathlib import Path
 from typing import Literal
 
+from aircast import tuning
 from aircast.errors import ConfigError
 from aircast.settings import KafkaSettings, Settings
 
@@ -51,9 +52,6 @@ OPERATOR_OWNED: tuple[str, ...] = (
 JOB_NAME = "aircast-flink"
 # Where the job's packages (flink, aircast) are: the embedded interpreter imports them.
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-# Kafka's default broker cap (transaction.max.timeout.ms) is 15 minutes; Flink's
-# producer default (1 hour) would be refused by a real cluster under exactly-once.
-TRANSACTION_TIMEOUT_MS = 900_000
 
 
 def lane_jar(settings: Settings) -> Path:
@@ -197,7 +195,7 @@ def sink_ddl(table: str, topic: str, settings: Settings, name: str) -> str:
     }
     if settings.flink.delivery == "exactly-once":
         options["sink.transactional-id-prefix"] = f"{settings.flink.group_id}-{name}"
-        options["properties.transaction.timeout.ms"] = str(TRANSACTION_TIMEOUT_MS)
+        options["properties.transaction.timeout.ms"] = str(tuning.FLINK_TRANSACTION_TIMEOUT_MS)
     for key, value in kafka_properties(settings.kafka).items():
         options[f"properties.{key}"] = value
     body = ",\n  ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in options.items())

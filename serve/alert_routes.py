@@ -20,8 +20,9 @@ from fastapi import HTTPException
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field, ValidationError
 
+from aircast import tuning
 from aircast.alert_store import AlertStore
-from aircast.alerts import MAX_RULES, Rule, RuleSpec
+from aircast.alerts import Rule, RuleSpec
 
 __all__ = [
     "RuleDeleted",
@@ -57,8 +58,8 @@ def _spec(body: RuleSpec | Mapping[str, Any]) -> RuleSpec:
 async def create_rule(store: AlertStore, body: RuleSpec | Mapping[str, Any]) -> Rule:
     """Store a new rule (201); evaluation starts with the next aggregates."""
     spec = _spec(body)
-    if await asyncio.to_thread(store.count_rules) >= MAX_RULES:
-        raise HTTPException(409, f"at most {MAX_RULES} alert rules; delete some first")
+    if await asyncio.to_thread(store.count_rules) >= tuning.ALERT_MAX_RULES:
+        raise HTTPException(409, f"at most {tuning.ALERT_MAX_RULES} alert rules; delete some first")
     rule = Rule(**spec.model_dump(), id=uuid.uuid4().hex, created_at=int(time.time()))
     await asyncio.to_thread(store.add_rule, rule)
     return rule

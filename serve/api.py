@@ -58,7 +58,7 @@ from ray.util.metrics import Counter
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 
-from aircast import aqi, export, forecasts, geo, licence, maplayer, paging
+from aircast import aqi, export, forecasts, geo, licence, maplayer, paging, tuning
 from aircast.alert_store import AlertStore
 from aircast.alerts import Rule, RuleSpec
 from aircast.cache import redis_client
@@ -96,8 +96,6 @@ DEFAULT_MAP_MEASURE = MeasureName("P2")
 # rounded in).
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-MAX_SPAN_S = {"raw": 31 * 86_400, "10m": 366 * 86_400, "1h": 5 * 366 * 86_400}
-MAX_SPAN_S["1d"] = 100 * 366 * 86_400
 GROUP_INTERVAL: dict[str, Literal["1h", "1d"]] = {"1h": "1h", "1d": "1d"}
 AQI_NOTE = (
     "AQI values are computed from the latest reading, not from the averaging periods "
@@ -105,8 +103,6 @@ AQI_NOTE = (
     "CAQI of the 1 h and 24 h means). "
     "humidity_above_70 marks PM readings taken above 70 % relative humidity."
 )
-# Distinct /v1/sensors queries whose bodies are kept per snapshot of the sensors.
-MAX_CACHED_QUERIES = 256
 
 app = FastAPI(
     title="aircast",
@@ -379,7 +375,7 @@ class Api:
         cached = snapshot.bodies.get(key)
         if cached is None:
             cached = await asyncio.to_thread(self._sensor_page, snapshot, area, wanted, pg)
-            if len(snapshot.bodies) >= MAX_CACHED_QUERIES:
+            if len(snapshot.bodies) >= tuning.MAX_CACHED_QUERIES:
                 snapshot.bodies.clear()
             snapshot.bodies[key] = cached
         return cached_response(request, cached)
@@ -436,8 +432,8 @@ class Api:
         begin = _epoch(start, "from", stop - 86_400)
         if begin >= stop:
             raise HTTPException(422, "'from' must be before 'to'")
-        if stop - begin > MAX_SPAN_S[resolution]:
-            days = MAX_SPAN_S[resolution] // 86_400
+        if stop - begin > tuning.READINGS_MAX_SPAN_S[resolution]:
+            days = tuning.READINGS_MAX_SPAN_S[resolution] // 86_400
             raise HTTPException(422, f"at most {days} days per request at resolution {resolution}")
         await self._require_sensor(sensor_id)
         source, points = await asyncio.to_thread(

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from aircast import forecasts
+from aircast import forecasts, tuning
 from aircast.cache import redis_client
 from aircast.influx import InfluxV1
 from aircast.queries import History, histories
@@ -29,10 +29,6 @@ from aircast.registry import ModelEntry, Registry
 from aircast.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# A cache miss waits at most this long for companions in its batch.
-BATCH_WAIT_S = 0.005
-MAX_BATCH = 64
 
 
 def lookback_s(settings: Settings, window: int) -> int:
@@ -92,7 +88,9 @@ class Forecaster:
         result: dict[str, Any] | None = await self._batched((sensor_id, measure))
         return result
 
-    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=BATCH_WAIT_S)
+    @serve.batch(
+        max_batch_size=tuning.FORECAST_MAX_BATCH, batch_wait_timeout_s=tuning.FORECAST_BATCH_WAIT_S
+    )
     async def _batched(self, items: list[tuple[int, str]]) -> list[dict[str, Any] | None]:
         entries = await asyncio.to_thread(self._entries, items)
         found = await asyncio.to_thread(self._histories, items, entries)

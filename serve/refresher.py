@@ -21,7 +21,7 @@ import redis
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from aircast import forecasts
+from aircast import forecasts, tuning
 from aircast.cache import key, redis_client
 from aircast.errors import StorageError
 from aircast.influx import InfluxV1
@@ -31,9 +31,6 @@ from aircast.settings import Settings
 from serve.forecaster import lookback_s
 
 log = logging.getLogger(__name__)
-
-# Forecasts written per Redis pipeline / InfluxDB request.
-STORE_BATCH = 2_000
 
 
 @serve.deployment(num_replicas=1)
@@ -149,7 +146,7 @@ class Refresher:
                         self.settings, sid, measure
                     )
                     batch.append(await self._one(entry, history))
-                    if len(batch) >= STORE_BATCH:
+                    if len(batch) >= tuning.REFRESH_STORE_BATCH:
                         total += await self._store(batch)
                         batch = []
             total += await self._store(batch)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from aircast import tuning
 from aircast.alerts import (
-    MAX_AGE_S,
     Alert,
     BBox,
     Engine,
@@ -226,7 +226,7 @@ def test_the_engine_applies_rules_by_measure_and_area() -> None:
 def test_the_engine_passes_over_old_aggregates() -> None:
     engine = Engine()
     engine.load(rule(duration_s=600), {})
-    assert engine.aggregate(aggregate(0, 90.0), now=T0 + W + MAX_AGE_S + 1) == []
+    assert engine.aggregate(aggregate(0, 90.0), now=T0 + W + tuning.ALERT_MAX_AGE_S + 1) == []
     assert engine.stale == 1
     assert len(engine.aggregate(aggregate(1, 90.0), now=T0 + 2 * W)) == 1
 

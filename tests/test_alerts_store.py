@@ -14,8 +14,9 @@ from fastapi import HTTPException
 
 from actors import alerts as runtime
 from actors import pipeline
+from aircast import tuning
 from aircast.alert_store import AlertStore, OutboxEntry
-from aircast.alerts import MAX_RULES, WEBHOOK_FAILED, WEBHOOK_REJECTED, Engine, Episode, Rule
+from aircast.alerts import WEBHOOK_FAILED, WEBHOOK_REJECTED, Engine, Episode, Rule
 from aircast.cache import redis_client
 from aircast.forecasts import cache_key
 from aircast.records import AGGREGATE_WINDOW_S, Aggregate, DeadLetter, window_start
@@ -84,7 +85,7 @@ def test_a_bad_body_is_a_422_with_its_reason(
 def test_the_rule_count_is_bounded(stack_settings: Settings) -> None:
     store = store_of(fresh(stack_settings, None))
     pipe = store.redis.pipeline()
-    for i in range(MAX_RULES):
+    for i in range(tuning.ALERT_MAX_RULES):
         pipe.hset(store.rules_key, f"{i:032x}", "{}")
     pipe.execute()
     with pytest.raises(HTTPException) as info:

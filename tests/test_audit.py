@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from aircast import audit as audit_module
+from aircast import tuning
 from aircast.audit import outcomes_of_message, run_audit
 from aircast.deadletters import DeadLetters
 from aircast.influx import InfluxV1
@@ -138,7 +138,7 @@ def test_counts_read_a_page_of_sensors_at_a_time(
     """With pages of about 5 series (sensor_id mod 10: ten pages here), the audit
     balances as with one query, and still finds a reading gone."""
     settings, since, readings = played
-    monkeypatch.setattr(audit_module, "SERIES_PER_QUERY", 5)
+    monkeypatch.setattr(tuning, "AUDIT_SERIES_PER_QUERY", 5)
     asked: list[str] = []
     query = InfluxV1.query
 

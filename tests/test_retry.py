@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
-from aircast import archive
+from aircast import archive, tuning
 from aircast.backfill import Backfill
 from aircast.errors import BackpressureError, StorageError
 from aircast.influx import InfluxV1
-from aircast.retry import MAX_HINT_S, Backoff, honour, retry_after_s, retrying
+from aircast.retry import Backoff, honour, retry_after_s, retrying
 from aircast.settings import InfluxSettings
 from aircast.sources import HttpSource, SourceError
 
@@ -133,7 +133,8 @@ def test_a_servers_hint_is_honoured_never_shortened() -> None:
     waits = [honour(2.0) for _ in range(2_000)]
     assert all(2.0 <= w <= 3.0 for w in waits)
     assert max(waits) - min(waits) > 0.8
-    assert all(MAX_HINT_S <= honour(10 * MAX_HINT_S) <= 1.5 * MAX_HINT_S for _ in range(100))
+    hint = tuning.MAX_HINT_S
+    assert all(hint <= honour(10 * hint) <= 1.5 * hint for _ in range(100))
     assert retry_after_s("7") == 7.0
     assert retry_after_s(" 0 ") == 0.0
     assert retry_after_s(None) is None
@@ -321,7 +322,7 @@ def test_source_refusal_is_not_retried() -> None:
 
 
 def test_archive_get_retries_then_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(archive, "HTTP_BACKOFF", Backoff(first_s=0.05, max_s=0.05))
+    monkeypatch.setattr(tuning, "ARCHIVE_HTTP_BACKOFF_S", (0.05, 0.05))
     with scripted(error(502), (200, {}, b"day index")) as (url, script), httpx.Client() as c:
         response = archive.get(c, url + "/2024-01-01/")
         assert response is not None and response.content == b"day index"

@@ -17,7 +17,8 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from aircast.audit import SHOWN, run_audit
+from aircast import tuning
+from aircast.audit import run_audit
 from aircast.errors import ConfigError
 from aircast.influx import duration_seconds
 from aircast.settings import Settings
@@ -80,9 +81,9 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     for label, value in rows:
         table.add_row(label, f"{value:,}")
     console.print(table)
-    for rid in audit.lost[:SHOWN]:
+    for rid in audit.lost[: tuning.AUDIT_SHOWN]:
         console.print(f"[red]lost[/] {rid[0]} sensor {rid[1]} at {rid[2]}")
-    for rid, n in list(audit.doubled.items())[:SHOWN]:
+    for rid, n in list(audit.doubled.items())[: tuning.AUDIT_SHOWN]:
         console.print(f"[red]written twice[/] {rid[0]} sensor {rid[1]} at {rid[2]} ({n} series)")
     for reason, (want, got) in audit.rejection_differences.items():
         console.print(f"[red]rejections differ[/] {reason}: domain {want}, dead letters {got}")

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import yaml
 
+from aircast import tuning
 from aircast.errors import StackError, StorageError
 from aircast.settings import Settings, stack_file
 from aircast_cli.stack.services import Plan, build_services, choose_ports
@@ -158,8 +159,9 @@ def _up(settings: Settings, *, services: tuple[str, ...] | None = None) -> Stack
     if launcher.returncode != 0 or not launcher.stdout.strip().isdigit():
         raise StackError(f"cannot start the stack supervisor; see {plan.logs}/supervisor.log")
     supervisor_pid = int(launcher.stdout.strip())
-    # Each service may take up to three attempts (see supervisor.START_ATTEMPTS).
-    deadline = time.monotonic() + settings.stack.startup_timeout_s * len(wanted) * 3 + 30
+    # Each service may take up to STACK_START_ATTEMPTS attempts.
+    attempts = tuning.STACK_START_ATTEMPTS
+    deadline = time.monotonic() + settings.stack.startup_timeout_s * len(wanted) * attempts + 30
     while True:
         state = _read_state(state_dir)
         if state and state.get("ready"):

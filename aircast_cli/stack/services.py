@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from aircast import tuning
 from aircast.errors import StackError
 from aircast.localhost import free_port, port_is_free, ray_environment
 
@@ -139,14 +140,6 @@ def choose_ports(services: tuple[str, ...], preferred: dict[str, int]) -> dict[s
     return chosen
 
 
-# Serve's proxy must answer its readiness check this long after the controller creates
-# it (Ray's default: 5 s). That time includes starting its worker process, and the
-# raylet starts at most one worker per core at once: on two cores a proxy created while
-# other actors start waits its turn, fails the check three times and is killed before
-# it ever ran. A proxy that is up answers at once; this only tolerates the queue.
-SERVE_PROXY_READY_TIMEOUT_S = 60
-
-
 def ray_head_environment(state_dir: Path) -> dict[str, str]:
     """The Ray head's environment, which its job drivers and workers inherit: ``python``
     is this virtualenv's, and the stack's settings are found from any working folder,
@@ -157,7 +150,7 @@ def ray_head_environment(state_dir: Path) -> dict[str, str]:
         **ray_environment(),
         # A single local node has no traffic to hand over: skip Ray's 30 s SIGTERM drain.
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1",
-        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": str(SERVE_PROXY_READY_TIMEOUT_S),
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": str(tuning.SERVE_PROXY_READY_TIMEOUT_S),
         "PATH": venv_bin + (os.pathsep + path if path else ""),
         "VIRTUAL_ENV": str(Path(sys.executable).parent.parent),
         "AIRCAST_STACK__STATE_DIR": str(state_dir.resolve()),

@@ -3,9 +3,10 @@
 ``aircast stack up`` writes ``plan.json`` and starts ``python -m aircast_cli.stack.supervisor
 STATE_DIR``. The supervisor starts each service in its own process group, waits for it
 to be healthy, then watches: a service that exits unexpectedly is restarted (with
-backoff, at most ``MAX_RESTARTS`` in ``RESTART_WINDOW_S``). On SIGTERM or SIGINT it
-stops the services in reverse order (SIGTERM to the whole group, SIGKILL after a grace
-period) and removes its state file, so nothing is left behind.
+backoff, at most ``STACK_MAX_RESTARTS`` in ``STACK_RESTART_WINDOW_S``, both in
+:mod:`aircast.tuning`). On SIGTERM or SIGINT it stops the services in reverse order
+(SIGTERM to the whole group, SIGKILL after a grace period) and removes its state file,
+so nothing is left behind.
 
 State is published in ``state.json`` (written atomically) for ``stack status``.
 """
@@ -23,14 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from aircast import tuning
 from aircast_cli.stack.services import Plan, Service, build_services
 
 log = logging.getLogger("aircast_cli.stack")
-
-MAX_RESTARTS = 5
-START_ATTEMPTS = 3
-RESTART_WINDOW_S = 300.0
-STOP_GRACE_S = 15.0
 
 
 def state_path(state_dir: Path) -> Path:
@@ -67,7 +64,9 @@ def _wait_group(pid: int, process: subprocess.Popen[bytes] | None, seconds: floa
 
 
 def kill_group(
-    pid: int, grace_s: float = STOP_GRACE_S, process: subprocess.Popen[bytes] | None = None
+    pid: int,
+    grace_s: float = tuning.STACK_STOP_GRACE_S,
+    process: subprocess.Popen[bytes] | None = None,
 ) -> None:
     """Stop the process group led by ``pid``.
 
@@ -196,13 +195,13 @@ class Supervisor:
 
     def start(self, timeout_s: float) -> bool:
         for item in self.running:
-            for attempt in range(1, START_ATTEMPTS + 1):
+            for attempt in range(1, tuning.STACK_START_ATTEMPTS + 1):
                 self._spawn(item)
                 self._publish()
                 if self._wait_healthy(item, timeout_s):
                     break
                 code = item.process.poll() if item.process else None
-                if self.stopping or attempt == START_ATTEMPTS:
+                if self.stopping or attempt == tuning.STACK_START_ATTEMPTS:
                     if item.process is not None:
                         kill_group(item.process.pid, grace_s=5.0, process=item.process)
                     self.error = (
@@ -225,7 +224,7 @@ class Supervisor:
                     item.service.name,
                     code,
                     attempt,
-                    START_ATTEMPTS,
+                    tuning.STACK_START_ATTEMPTS,
                 )
             log.info("service healthy name=%s urls=%s", item.service.name, item.service.urls)
             self._publish()
@@ -242,8 +241,10 @@ class Supervisor:
                 if code is None:
                     continue
                 now = time.monotonic()
-                item.restarts = [t for t in item.restarts if now - t < RESTART_WINDOW_S]
-                if len(item.restarts) >= MAX_RESTARTS:
+                item.restarts = [
+                    t for t in item.restarts if now - t < tuning.STACK_RESTART_WINDOW_S
+                ]
+                if len(item.restarts) >= tuning.STACK_MAX_RESTARTS:
                     item.status = "failed"
                     log.error(
                         "service gave up name=%s exit=%s restarts=%d",
