@@ -300,6 +300,12 @@ class TrainSettings(BaseModel):
     # per measure it reads; every per-sensor network is then fine-tuned from it.
     pretrain_epochs: int = Field(default=2, ge=0)
     pretrain_series: int = Field(default=200, ge=1)
+    # What a fine-tune from the pre-trained network fits: "head" (the dense layers on
+    # the frozen GRU's features: a nightly retrain of every series stays cheap) or "all".
+    finetune: Literal["head", "all"] = "head"
+    # Checkpoints (Ray Train reports) per fine-tune run, whatever its size: each is a
+    # barrier and a copy of every model so far; a killed worker refits one slot at most.
+    reports_per_run: int = Field(default=10, ge=1)
 
 
 class ServeSettings(BaseModel):

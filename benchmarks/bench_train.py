@@ -1,11 +1,12 @@
-"""make bench-train: fit every sensor × measure of one week of the archive on Ray Train,
-with 1 and with 2 workers (a private Ray head), same models, same epochs.
+"""make bench-train: fit every sensor × measure of two weeks of the archive (the nightly
+retrain's ``train.history_days``) on Ray Train, with 1 and with 2 workers (a private Ray
+head), same models, same settings (pre-training, fine-tune, epochs).
 
 Reports wall time of each run, mean seconds per model (inside the workers), the
 speed-up and the scaling efficiency = speed-up / workers, against the ceiling of linear
-scaling measured in the same run (efficiency 1.0). Options: --days N (7), --epochs N
-(10), --workers N (2), --pretrain-epochs N (the settings'), --running-stack (the
-running stack's Ray head, not a private one).
+scaling measured in the same run (efficiency 1.0). Options: --days N (14), --epochs N,
+--pretrain-epochs N, --finetune head|all (default: the settings'), --workers N (2),
+--running-stack (the running stack's Ray head, not a private one).
 
 It also projects the nightly retrain of the whole network (``--network-series``,
 46,000 sensor × measure series) on ``--cpus`` CPUs (64): the pre-training reads at most
@@ -38,10 +39,11 @@ START = date(2019, 3, 4)  # a Monday
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pretrain-epochs", type=int, default=None)
+    parser.add_argument("--finetune", choices=("head", "all"), default=None)
     parser.add_argument("--network-series", type=int, default=46_000)
     parser.add_argument("--cpus", type=int, default=64)
     parser.add_argument(
@@ -72,9 +74,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="aircast-bench-train-") as tmp:
             train_settings = base.train.model_copy(update={"storage_path": Path(tmp)})
             settings = base.model_copy(update={"train": train_settings})
-            overrides = {"epochs": args.epochs}
-            if args.pretrain_epochs is not None:
-                overrides["pretrain_epochs"] = args.pretrain_epochs
+            overrides = {
+                k: v
+                for k, v in (
+                    ("epochs", args.epochs),
+                    ("pretrain_epochs", args.pretrain_epochs),
+                    ("finetune", args.finetune),
+                )
+                if v is not None
+            }
             cfg = fit_config(settings, **overrides)
             for workers in sorted({1, args.workers}):
                 with console.status(f"fitting {len(tasks)} models on {workers} worker(s)"):
@@ -110,7 +118,8 @@ def main() -> None:
         {
             "benchmark": "train",
             "days": args.days,
-            "epochs_max": args.epochs,
+            "epochs_max": cfg.epochs,
+            "finetune": cfg.finetune,
             "series": len(series),
             "runs": {str(k): v for k, v in runs.items()},
             "speedup": round(speedup, 2),

@@ -3,8 +3,10 @@
 No distribution strategy: Keras 3 ``model.fit`` under MultiWorkerMirroredStrategy is
 broken upstream, and many small independent models need none. Series are dealt round
 robin (task ``i`` goes to rank ``i % world_size``); the loop runs in *slots* (slot ``s``
-fits each worker's ``s``-th series) because ``ray.train.report`` is a barrier every
-worker must reach equally often.
+fits each worker's ``s``-th group of series) because ``ray.train.report`` is a barrier
+every worker must reach equally often. A run has about ``reports`` slots whatever its
+size: each report is a barrier and a checkpoint of every model so far, so their number
+bounds that overhead, and a killed worker refits at most one slot's series.
 
 After every slot each worker reports a checkpoint holding every model its shard has
 fitted so far (``models/<measure>__<sensor>/``) and its state (``state-<rank>.json``);
@@ -12,7 +14,7 @@ Ray Train merges the workers' directories into one checkpoint. When a worker die
 Train restarts the group (``FailureConfig.max_failures``); each worker then restores
 its shard's models from the latest checkpoint and skips them: a model is fitted once.
 
-With ``init_dir`` in the config (the pre-training run's merged checkpoint,
+With ``init`` in the config (measure -> the pre-trained weights,
 :mod:`training.pretrain`), each network is fine-tuned from its measure's weights.
 """
 
@@ -79,7 +81,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from aircast.forecasting import Series
     from training.model import FitConfig, configure_threads, fit_series, save
-    from training.pretrain import init_weights
 
     configure_threads(int(config.get("threads", 1)))
     context = ray.train.get_context()
@@ -88,21 +89,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tasks: list[dict[str, Any]] = config["tasks"]
     shard = [t for i, t in enumerate(tasks) if i % world == rank]
     keys = [Series.from_dict(t["series"]).key for t in shard]
-    slots = math.ceil(len(tasks) / world)
+    longest = math.ceil(len(tasks) / world)  # the largest shard: every worker agrees
+    per_slot = max(1, math.ceil(longest / max(1, int(config.get("reports", 1)))))
+    slots = math.ceil(longest / per_slot)
+    inits: dict[str, Any] = config.get("init") or {}  # measure -> pre-trained weights
     local = Path(tempfile.mkdtemp(prefix=f"aircast-train-r{rank}-"))
     try:
         first = _restore(local, rank, set(keys))
         for slot in range(first, slots):
-            key = keys[slot] if slot < len(shard) else None
             _test_hooks(config, rank, slot, None)
-            if (
-                key is not None
-                and not (local / MODELS / model_dir_name(key) / "result.json").is_file()
-            ):
-                task = shard[slot]
-                series = Series.from_dict(task["series"])
-                init = init_weights(config.get("init_dir"), series.measure)
-                result = fit_series(series, task.get("split"), cfg, init)
+            for i in range(slot * per_slot, min((slot + 1) * per_slot, len(shard))):
+                key = keys[i]
+                if (local / MODELS / model_dir_name(key) / "result.json").is_file():
+                    continue
+                series = Series.from_dict(shard[i]["series"])
+                result = fit_series(series, shard[i].get("split"), cfg, inits.get(series.measure))
                 save(result, local / MODELS / model_dir_name(key), cfg)
                 _test_hooks(config, rank, slot, key)
             state = {"slot": slot, "rank": rank, "fitted": len(list((local / MODELS).glob("*")))}

@@ -61,6 +61,10 @@ class FitConfig:
     # and the most series per measure it reads (bounds its cost at any network size).
     pretrain_epochs: int = 0
     pretrain_series: int = 200
+    # What a per-series fine-tune from pre-trained weights fits: "head" keeps the
+    # measure's GRU frozen and fits only the dense head on its features (computed once,
+    # so a fine-tune costs one forward pass plus a tiny MLP fit); "all" fits every layer.
+    finetune: str = "head"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +78,7 @@ class FitConfig:
             "seed": self.seed,
             "pretrain_epochs": self.pretrain_epochs,
             "pretrain_series": self.pretrain_series,
+            "finetune": self.finetune,
         }
 
     @classmethod
@@ -98,8 +103,8 @@ def build_model(window: int, horizons: int, units: int) -> Any:
     seq = keras.Input((window, 4), name="sequence")
     ctx = keras.Input((2 + 2 * horizons,), name="context")
     x = keras.layers.GRU(units, name="gru")(seq)
-    z = keras.layers.Concatenate()([x, ctx])
-    z = keras.layers.Dense(units, activation="relu")(z)
+    z = keras.layers.Concatenate(name="features")([x, ctx])
+    z = keras.layers.Dense(units, activation="relu", name="hidden")(z)
     out = keras.layers.Dense(horizons, name="delta")(z)
     return keras.Model([seq, ctx], out)
 
@@ -210,31 +215,32 @@ def _choose(
     return Served(kind, (), quantiles, log)
 
 
+def _network(
+    model: Any, values: np.ndarray, start: int, origins: np.ndarray, cfg: FitConfig, s: Scaler
+) -> np.ndarray | None:
+    return None if model is None else forecast(model, values, start, origins, cfg, s)
+
+
 def _score(
     values: np.ndarray,
-    start: int,
     origins: np.ndarray,
     cfg: FitConfig,
-    scaler: Scaler,
-    model: Any,
-    served: Served | None = None,
-) -> tuple[ErrorSums, np.ndarray | None]:
-    """Scores of the baselines, the network and (when chosen) the served forecast with
-    its interval; also the network's forecasts (None without a network)."""
+    network: np.ndarray | None,
+    served: Served,
+) -> ErrorSums:
+    """Scores of the baselines, the network (its forecasts ``network``; None without
+    one) and the served forecast with its interval, at ``origins``."""
     sums = ErrorSums(cfg.horizons)
     actual = targets(values, origins, cfg.horizons)
     forecasts = {k: baseline_matrix(k, values, origins, cfg.horizons) for k in BASELINES}
-    network = None
-    if model is not None:
-        network = forecast(model, values, start, origins, cfg, scaler)
+    if network is not None:
         forecasts["model"] = network
+    forecasts["served"] = served.forecast(values, origins, network, cfg)
     interval = None
-    if served is not None:
-        forecasts["served"] = served.forecast(values, origins, network, cfg)
-        if served.intervals:
-            interval = interval_bounds(forecasts["served"], served.intervals, served.log)
+    if served.intervals:
+        interval = interval_bounds(forecasts["served"], served.intervals, served.log)
     sums.add(actual, forecasts, interval)
-    return sums, network
+    return sums
 
 
 def split_origins(
@@ -284,13 +290,54 @@ def pretrain(tasks: list[tuple[Series, int | None]], cfg: FitConfig, epochs: int
     return list(model.get_weights())
 
 
+def _fit_head(
+    model: Any,
+    fit: tuple[np.ndarray, np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray, np.ndarray],
+    cfg: FitConfig,
+) -> int:
+    """Fit only ``model``'s dense head, on the frozen GRU's features; the epochs run.
+
+    The features (GRU state concatenated with the context) are computed once for the
+    fit and validation origins, so each epoch is a small MLP fit: this is what makes a
+    nightly retrain of every series cheap. The fitted head's weights are written back
+    into ``model``, which stays one complete network to save and serve."""
+    import keras
+
+    features = keras.Model(model.inputs, model.get_layer("features").output)
+    fx = np.asarray(features.predict([fit[0], fit[1]], batch_size=4096, verbose=0))
+    vx = np.asarray(features.predict([val[0], val[1]], batch_size=4096, verbose=0))
+    hidden, out = model.get_layer("hidden"), model.get_layer("delta")
+    x = keras.Input((fx.shape[1],))
+    h = keras.layers.Dense(cfg.units, activation="relu")(x)
+    head = keras.Model(x, keras.layers.Dense(len(cfg.horizons))(h))
+    head.set_weights([*hidden.get_weights(), *out.get_weights()])
+    head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mae")
+    stop = keras.callbacks.EarlyStopping(patience=cfg.patience, restore_best_weights=True)
+    history = head.fit(
+        fx,
+        fit[2],
+        validation_data=(vx, val[2]),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        callbacks=[stop],
+        verbose=0,
+        shuffle=True,
+    )
+    weights = head.get_weights()
+    hidden.set_weights(weights[:2])
+    out.set_weights(weights[2:])
+    return len(history.history["loss"])
+
+
 def fit_series(
     series: Series, split: int | None, cfg: FitConfig, init: list[Any] | None = None
 ) -> FitResult:
     """Fit on ``values[:split]`` (validation = its last 15 %), score the tail after it.
 
-    ``init``: pre-trained weights (:func:`pretrain`) to fine-tune from, at a third of
-    the learning rate; without them the network starts from scratch."""
+    ``init``: pre-trained weights (:func:`pretrain`) to fine-tune from: only the dense
+    head (``cfg.finetune`` "head"), or every layer at a third of the learning rate
+    ("all"); without them the network starts from scratch."""
     import keras
 
     began = time.perf_counter()
@@ -304,30 +351,35 @@ def fit_series(
         seq, ctx, yd = arrays(series, fit_o, cfg, scaler)
         vseq, vctx, yvd = arrays(series, val_o, cfg, scaler)
         model = build_model(cfg.window, len(cfg.horizons), cfg.units)
-        rate = cfg.learning_rate
-        if init is not None:
+        if init is not None and cfg.finetune == "head":
             model.set_weights(init)
-            rate /= 3
-        model.compile(optimizer=keras.optimizers.Adam(rate), loss="mae")
-        stop = keras.callbacks.EarlyStopping(patience=cfg.patience, restore_best_weights=True)
-        history = model.fit(
-            [seq, ctx],
-            yd,
-            validation_data=([vseq, vctx], yvd),
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            callbacks=[stop],
-            verbose=0,
-            shuffle=True,
-        )
-        epochs = len(history.history["loss"])
-    _, network_val = _score(values, series.start, val_o, cfg, scaler, model)
+            epochs = _fit_head(model, (seq, ctx, yd), (vseq, vctx, yvd), cfg)
+        else:
+            rate = cfg.learning_rate
+            if init is not None:
+                model.set_weights(init)
+                rate /= 3
+            model.compile(optimizer=keras.optimizers.Adam(rate), loss="mae")
+            stop = keras.callbacks.EarlyStopping(patience=cfg.patience, restore_best_weights=True)
+            history = model.fit(
+                [seq, ctx],
+                yd,
+                validation_data=([vseq, vctx], yvd),
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                callbacks=[stop],
+                verbose=0,
+                shuffle=True,
+            )
+            epochs = len(history.history["loss"])
+    network_val = _network(model, values, series.start, val_o, cfg, scaler)
     served = _choose(values, val_o, network_val, cfg, scaler.log)
-    val, _ = _score(values, series.start, val_o, cfg, scaler, model, served)
+    val = _score(values, val_o, cfg, network_val, served)
     test: ErrorSums | None = None
     if split < values.size:
         test_o = usable_origins(values, cfg.window, split - 1, values.size)
-        test, _ = _score(values, series.start, test_o, cfg, scaler, model, served)
+        network_test = _network(model, values, series.start, test_o, cfg, scaler)
+        test = _score(values, test_o, cfg, network_test, served)
     seconds = time.perf_counter() - began
     log.info(
         "fitted key=%s samples=%d epochs=%d served=%s blend=%s seconds=%.1f",

@@ -1,12 +1,14 @@
 """The pre-training phase: one network per measure, fitted on a sample of that
 measure's series, whose weights start every per-sensor fine-tune.
 
-It is a Ray Train run of its own before the per-series run
-(:func:`training.trainer.train`): measures are dealt round robin to the workers and
-fitted in slots, like the series in :mod:`training.loop`, because ``ray.train.report``
-is a barrier. Each worker's checkpoint holds ``global/<measure>.npz`` (the weights);
-Ray Train merges them, and the per-series run reads the merged checkpoint's folder.
-A restarted worker restores the measures already checkpointed and skips them.
+It runs as Ray tasks before the per-series Ray Train run (:func:`training.trainer.train`):
+the measures are dealt round robin to at most ``workers`` lanes, one task of
+``threads_per_worker`` CPUs a lane, and each task returns its measures' weights. The
+weights are small (a few thousand numbers a measure) and travel to the fine-tune run in
+its config, so nothing is written to shared storage between the phases. A lane whose
+worker dies is run again by Ray (``max_retries``): its measures are fitted again, which
+costs one lane's minutes at most. The lanes are independent and have no barrier, so they
+need none of a Ray Train run's worker group, whose start costs as much as a lane.
 
 Its cost is bounded whatever the size of the network: at most ``pretrain_series``
 series per measure (an even sample by key), so the nightly retrain grows with the
@@ -17,17 +19,13 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
-import tempfile
+import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 log = logging.getLogger(__name__)
-
-GLOBAL = "global"
 
 
 def sample_groups(tasks: Sequence[dict[str, Any]], per_measure: int) -> dict[str, list[Any]]:
@@ -42,69 +40,48 @@ def sample_groups(tasks: Sequence[dict[str, Any]], per_measure: int) -> dict[str
     return out
 
 
-def save_weights(weights: Sequence[np.ndarray], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, *weights)
-    tmp.replace(path)
-
-
-def load_weights(path: Path) -> list[np.ndarray]:
-    with np.load(path) as npz:
-        return [npz[f"arr_{i}"] for i in range(len(npz.files))]
-
-
-def init_weights(init_dir: str | None, measure: str) -> list[np.ndarray] | None:
-    """The pre-trained weights of ``measure`` (None: no pre-training, or none for it)."""
-    if not init_dir:
-        return None
-    path = Path(init_dir) / f"{measure}.npz"
-    return load_weights(path) if path.is_file() else None
-
-
-def _restore(local: Path, mine: Sequence[str]) -> None:
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return
-    with checkpoint.as_directory() as restored:
-        for measure in mine:
-            src = Path(restored) / GLOBAL / f"{measure}.npz"
-            if src.is_file():
-                (local / GLOBAL).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, local / GLOBAL / src.name)
-
-
-def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-
+def pretrain_lane(
+    groups: dict[str, list[dict[str, Any]]], fit: dict[str, Any], threads: int
+) -> dict[str, list[np.ndarray]]:
+    """One lane: each of its measures' network, fitted in turn; measure -> weights."""
     from aircast.forecasting import Series
     from training.model import FitConfig, configure_threads, pretrain
 
-    configure_threads(int(config.get("threads", 1)))
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    cfg = FitConfig.from_dict(config["fit"])
-    groups: dict[str, list[dict[str, Any]]] = config["groups"]
+    configure_threads(threads)
+    cfg = FitConfig.from_dict(fit)
+    out: dict[str, list[np.ndarray]] = {}
+    for measure, group in sorted(groups.items()):
+        began = time.perf_counter()
+        tasks = [(Series.from_dict(t["series"]), t["split"]) for t in group]
+        out[measure] = pretrain(tasks, cfg, cfg.pretrain_epochs)
+        log.info(
+            "pretrained measure=%s series=%d seconds=%.1f",
+            measure,
+            len(tasks),
+            time.perf_counter() - began,
+        )
+    return out
+
+
+def pretrain_measures(
+    tasks: Sequence[dict[str, Any]],
+    fit: dict[str, Any],
+    *,
+    lanes: int,
+    threads: int,
+    max_retries: int,
+) -> dict[str, list[np.ndarray]]:
+    """Every measure's pre-trained weights, from Ray tasks (Ray must be initialised)."""
+    import ray
+
+    groups = sample_groups(tasks, int(fit["pretrain_series"]))
     measures = sorted(groups)
-    mine = measures[rank::world]
-    local = Path(tempfile.mkdtemp(prefix=f"aircast-pretrain-r{rank}-"))
-    try:
-        _restore(local, mine)
-        for slot in range(math.ceil(len(measures) / world)):
-            if slot < len(mine):
-                measure = mine[slot]
-                target = local / GLOBAL / f"{measure}.npz"
-                if not target.is_file():
-                    tasks = [(Series.from_dict(t["series"]), t["split"]) for t in groups[measure]]
-                    save_weights(pretrain(tasks, cfg, cfg.pretrain_epochs), target)
-                    log.info("pretrained measure=%s series=%d", measure, len(tasks))
-            ray.train.report(
-                {"slot": slot},
-                checkpoint=ray.train.Checkpoint.from_directory(str(local)),
-                checkpoint_dir_name=f"pretrain_{slot:03d}",
-                delete_local_checkpoint_after_upload=False,  # the next slot adds to it
-            )
-    finally:
-        shutil.rmtree(local, ignore_errors=True)
+    n = max(1, min(lanes, len(measures)))
+    lane = ray.remote(pretrain_lane).options(
+        num_cpus=threads, max_retries=max_retries, name="aircast-pretrain"
+    )
+    refs = [lane.remote({m: groups[m] for m in measures[i::n]}, fit, threads) for i in range(n)]
+    weights: dict[str, list[np.ndarray]] = {}
+    for part in ray.get(refs):
+        weights.update(part)
+    return weights

@@ -21,7 +21,7 @@ from aircast.forecasting import Series
 from aircast.settings import Settings
 from training.loop import MODELS, model_dir_name, train_loop_per_worker
 from training.model import FitConfig
-from training.pretrain import GLOBAL, pretrain_loop_per_worker, sample_groups
+from training.pretrain import pretrain_measures
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ def fit_config(settings: Settings, **overrides: Any) -> FitConfig:
         "patience": t.patience,
         "pretrain_epochs": t.pretrain_epochs,
         "pretrain_series": t.pretrain_series,
+        "finetune": t.finetune,
     }
     return FitConfig(**{**base, **overrides})
 
@@ -83,15 +84,22 @@ def train(
         for s, split in sorted(tasks, key=lambda t: (-t[0].values.size, t[0].key))
     ]
     began = time.perf_counter()
-    init_dir = None
+    init: dict[str, Any] = {}
     if cfg.pretrain_epochs > 0:
-        init_dir = _pretrain(settings, task_dicts, workers, cfg, name, storage, max_failures)
+        init = pretrain_measures(
+            task_dicts,
+            cfg.to_dict(),
+            lanes=workers,
+            threads=settings.train.threads_per_worker,
+            max_retries=max_failures,
+        )
     pretrain_seconds = time.perf_counter() - began
     config: dict[str, Any] = {
         "fit": cfg.to_dict(),
         "threads": settings.train.threads_per_worker,
         "tasks": task_dicts,
-        "init_dir": init_dir,
+        "init": init,
+        "reports": settings.train.reports_per_run,
         **(hooks or {}),
     }
     trainer = TensorflowTrainer(
@@ -124,46 +132,7 @@ def train(
     return TrainRun(name, checkpoint_dir, results, seconds, workers, pretrain_seconds)
 
 
-def _pretrain(
-    settings: Settings,
-    tasks: list[dict[str, Any]],
-    workers: int,
-    cfg: FitConfig,
-    name: str,
-    storage: Path,
-    max_failures: int,
-) -> str:
-    """Run the pre-training phase; the folder of its merged ``<measure>.npz`` weights."""
-    import ray.train
-    from ray.train.tensorflow import TensorflowTrainer
-
-    groups = sample_groups(tasks, cfg.pretrain_series)
-    trainer = TensorflowTrainer(
-        pretrain_loop_per_worker,
-        train_loop_config={
-            "fit": cfg.to_dict(),
-            "threads": settings.train.threads_per_worker,
-            "groups": groups,
-        },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=max(1, min(workers, len(groups))),
-            resources_per_worker={"CPU": settings.train.threads_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=f"{name}-pretrain",
-            storage_path=str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"pre-training run {name} reported no checkpoint")
-    return str(Path(result.checkpoint.path) / GLOBAL)
-
-
 def cleanup(run: TrainRun, settings: Settings) -> None:
     """Remove a run's checkpoints (after its models are registered elsewhere)."""
     storage = settings.train.storage_path.expanduser().resolve()
     shutil.rmtree(storage / run.name, ignore_errors=True)
-    shutil.rmtree(storage / f"{run.name}-pretrain", ignore_errors=True)

@@ -206,6 +206,7 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
             ("units", args.units),
             ("batch_size", args.batch_size),
             ("pretrain_epochs", args.pretrain_epochs),
+            ("finetune", args.finetune),
         )
         if v is not None
     }
@@ -249,5 +250,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="training batch size")
     p.add_argument(
         "--pretrain-epochs", type=int, default=None, help="per-measure pre-training (0: off)"
+    )
+    p.add_argument(
+        "--finetune",
+        choices=("head", "all"),
+        default=None,
+        help="what a per-sensor fine-tune fits: the dense head on the frozen GRU, or all",
     )
     p.set_defaults(func=cmd_evaluate)
