@@ -116,8 +116,21 @@ def forecast(
     if origins.size == 0:
         return np.zeros((0, len(cfg.horizons)))
     x = inputs(values, start, origins, cfg.window, cfg.horizons, scaler)
-    delta = np.asarray(model.predict([x.sequence, x.context], batch_size=4096, verbose=0))
+    delta = infer(model, [x.sequence, x.context])
     return scaler.decode(x.last[:, None], delta.astype(np.float64))
+
+
+def infer(model: Any, xs: list[np.ndarray], batch: int = 4096) -> np.ndarray:
+    """``model``'s outputs for ``xs``, called directly a batch at a time: not through
+    Keras' predict loop, whose tf.data pipeline runs threads of its own that compete
+    with the other Train workers for the cores, and which traces itself anew for every
+    freshly built model."""
+    n = xs[0].shape[0]
+    parts = [
+        np.asarray(model([x[i : i + batch] for x in xs], training=False))
+        for i in range(0, n, batch)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, *model.output.shape[1:]))
 
 
 @dataclass
@@ -305,29 +318,35 @@ def _fit_head(
     import keras
 
     features = keras.Model(model.inputs, model.get_layer("features").output)
-    fx = np.asarray(features.predict([fit[0], fit[1]], batch_size=4096, verbose=0))
-    vx = np.asarray(features.predict([val[0], val[1]], batch_size=4096, verbose=0))
+    fx, vx = infer(features, [fit[0], fit[1]]), infer(features, [val[0], val[1]])
     hidden, out = model.get_layer("hidden"), model.get_layer("delta")
     x = keras.Input((fx.shape[1],))
     h = keras.layers.Dense(cfg.units, activation="relu")(x)
     head = keras.Model(x, keras.layers.Dense(len(cfg.horizons))(h))
     head.set_weights([*hidden.get_weights(), *out.get_weights()])
     head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="mae")
-    stop = keras.callbacks.EarlyStopping(patience=cfg.patience, restore_best_weights=True)
-    history = head.fit(
-        fx,
-        fit[2],
-        validation_data=(vx, val[2]),
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        callbacks=[stop],
-        verbose=0,
-        shuffle=True,
-    )
+    # Keras' fit, minus its tf.data pipeline (see infer): shuffled batches, early
+    # stopping on the validation MAE, the best epoch's weights restored.
+    rng = np.random.default_rng(cfg.seed)
+    best, best_weights, waited, epochs = math.inf, head.get_weights(), 0, 0
+    for _ in range(cfg.epochs):
+        epochs += 1
+        order = rng.permutation(fx.shape[0])
+        for i in range(0, order.size, cfg.batch_size):
+            batch = order[i : i + cfg.batch_size]
+            head.train_on_batch(fx[batch], fit[2][batch])
+        loss = float(np.mean(np.abs(infer(head, [vx]) - val[2])))
+        if loss < best:
+            best, best_weights, waited = loss, head.get_weights(), 0
+        else:
+            waited += 1
+            if waited >= cfg.patience:
+                break
+    head.set_weights(best_weights)
     weights = head.get_weights()
     hidden.set_weights(weights[:2])
     out.set_weights(weights[2:])
-    return len(history.history["loss"])
+    return epochs
 
 
 def fit_series(
