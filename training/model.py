@@ -126,10 +126,11 @@ def infer(model: Any, xs: list[np.ndarray], batch: int = 4096) -> np.ndarray:
     with the other Train workers for the cores, and which traces itself anew for every
     freshly built model."""
     n = xs[0].shape[0]
-    parts = [
-        np.asarray(model([x[i : i + batch] for x in xs], training=False))
-        for i in range(0, n, batch)
-    ]
+    parts = []
+    for i in range(0, n, batch):
+        chunk = [x[i : i + batch] for x in xs]
+        # A one-input model takes its array itself, not a list of one (Keras warns).
+        parts.append(np.asarray(model(chunk if len(chunk) > 1 else chunk[0], training=False)))
     return np.concatenate(parts) if parts else np.zeros((0, *model.output.shape[1:]))
 
 
