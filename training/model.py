@@ -343,10 +343,8 @@ def _fit_head(
             waited += 1
             if waited >= cfg.patience:
                 break
-    head.set_weights(best_weights)
-    weights = head.get_weights()
-    hidden.set_weights(weights[:2])
-    out.set_weights(weights[2:])
+    hidden.set_weights(best_weights[:2])
+    out.set_weights(best_weights[2:])
     return epochs
 
 
