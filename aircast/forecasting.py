@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from aircast.records import AGGREGATE_WINDOW_S, Aggregate
-from aircast.registry import IntervalScale, horizon_label
+from aircast.registry import horizon_label
 
 STEP_S = AGGREGATE_WINDOW_S  # one grid step: 10 minutes
 DAY_STEPS = 86_400 // STEP_S  # 144: same time yesterday
@@ -481,76 +481,10 @@ def choose_blend(last: Array, network: Array, actual: Array, log: bool) -> tuple
     return tuple(out)
 
 
-# A scale is at least this fraction of the median validation scale: a flat stretch
-# (a stable night, a sensor repeating its value) must not shrink the interval to nothing.
-SCALE_FLOOR = 0.25
-
-
-def volatility(values: Array, origins: NDArray[np.int64], steps: int, log: bool) -> Array:
-    """(n,) recent volatility at ``origins`` in the model space: the mean absolute change
-    between adjacent known values among the ``steps`` values up to and including the
-    origin (a change across a gap is not counted); NaN where the window has no such
-    pair. It reads nothing after the origin."""
-    z = model_space(np.asarray(values, dtype=np.float64), log)
-    change = np.abs(np.diff(z))  # change[i]: from i to i + 1, NaN next to a gap
-    known = np.isfinite(change)
-    total = np.concatenate([[0.0], np.cumsum(np.where(known, change, 0.0))])
-    count = np.concatenate([[0], np.cumsum(known)])
-    # The window's changes end at indices origin - steps + 2 .. origin.
-    hi = np.clip(np.asarray(origins, dtype=np.int64), 0, change.size)
-    lo = np.clip(hi - steps + 1, 0, None)
-    n = count[hi] - count[lo]
-    out: Array = np.full(hi.size, np.nan)
-    has = n > 0
-    out[has] = (total[hi] - total[lo])[has] / n[has]
-    return out
-
-
-def fit_scale(raw: Array, steps: int) -> IntervalScale | None:
-    """The scale of a series from its validation origins' volatilities; None (unscaled
-    intervals) when they have no positive median: nothing to scale by."""
-    finite = raw[np.isfinite(raw)]
-    median = float(np.median(finite)) if finite.size else math.nan
-    if not median > 0:
-        return None
-    return IntervalScale(steps=steps, median=median, floor=SCALE_FLOOR * median)
-
-
-def apply_scale(raw: Array, scale: IntervalScale) -> Array:
-    """Volatilities made scales: at least the floor, the median where undefined."""
-    return np.where(np.isfinite(raw), np.maximum(raw, scale.floor), scale.median)
-
-
-def scales_at(
-    values: Array, origins: NDArray[np.int64], scale: IntervalScale | None, log: bool
-) -> Array | None:
-    """(n,) the interval scale at each origin (None: unscaled intervals)."""
-    if scale is None:
-        return None
-    return apply_scale(volatility(values, origins, scale.steps, log), scale)
-
-
-def history_scale(
-    history: Array | Sequence[float], scale: IntervalScale | None, log: bool
-) -> float:
-    """The interval scale of a forecast from the last values (oldest first, the newest
-    its origin), as :func:`scales_at` computes it in training; 1 when unscaled."""
-    if scale is None:
-        return 1.0
-    values = np.asarray(history, dtype=np.float64)
-    origin = np.array([values.size - 1], dtype=np.int64)
-    return float(apply_scale(volatility(values, origin, scale.steps, log), scale)[0])
-
-
-def residual_quantiles(
-    forecast: Array, actual: Array, log: bool, scale: Array | None = None
-) -> list[tuple[float, float]]:
+def residual_quantiles(forecast: Array, actual: Array, log: bool) -> list[tuple[float, float]]:
     """Per horizon, the 10 % and 90 % quantiles of ``actual - forecast`` in the model
-    space (a multiplicative band for PM), divided by ``scale`` (one per origin) when
-    given; (0, 0) where nothing was observed."""
+    space (a multiplicative band for PM); (0, 0) where nothing was observed."""
     res = model_space(actual, log) - model_space(forecast, log)
-    if scale is not None:
-        res = res / np.asarray(scale, dtype=np.float64)[:, None]
     out: list[tuple[float, float]] = []
     for j in range(res.shape[1]):
         col = res[:, j][np.isfinite(res[:, j])]
@@ -563,23 +497,16 @@ def residual_quantiles(
 
 
 def interval_bounds(
-    forecast: Array,
-    quantiles: Sequence[tuple[float, float]],
-    log: bool,
-    scale: Array | None = None,
+    forecast: Array, quantiles: Sequence[tuple[float, float]], log: bool
 ) -> tuple[Array, Array]:
-    """(low, high) around (n, H) forecasts from per-horizon residual quantiles, times
-    ``scale`` (one per origin) when given."""
+    """(low, high) around (n, H) forecasts from per-horizon residual quantiles."""
     z = model_space(np.asarray(forecast, dtype=np.float64), log)
     lo = np.asarray([q[0] for q in quantiles], dtype=np.float64)[None, :]
     hi = np.asarray([q[1] for q in quantiles], dtype=np.float64)[None, :]
-    s = np.ones((z.shape[0], 1)) if scale is None else np.asarray(scale, dtype=np.float64)[:, None]
-    return from_model_space(z + lo * s, log), from_model_space(z + hi * s, log)
+    return from_model_space(z + lo, log), from_model_space(z + hi, log)
 
 
-def interval_of(
-    value: float, quantiles: tuple[float, float], log: bool, scale: float = 1.0
-) -> tuple[float, float]:
+def interval_of(value: float, quantiles: tuple[float, float], log: bool) -> tuple[float, float]:
     """One forecast's (low, high) (what Serve adds to each point)."""
-    low, high = interval_bounds(np.array([[value]]), [quantiles], log, np.array([scale]))
+    low, high = interval_bounds(np.array([[value]]), [quantiles], log)
     return float(low[0, 0]), float(high[0, 0])

@@ -17,8 +17,7 @@ A forecast payload (the JSON the API returns, plus ``source`` added on the way o
 timestamp the aggregate it will be compared with carries. ``skill`` is
 ``1 - MAE_model / MAE_persistence`` on held-out data (0 for persistence itself).
 ``low``/``high`` are the 80 % interval (10 % and 90 % quantiles) when the served entry
-has one, scaled by the history's recent volatility when the entry says so; a fallback
-to persistence after a model failure has none.
+has one; a fallback to persistence after a model failure has none.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import numpy as np
 import redis
 
 from aircast.cache import key
-from aircast.forecasting import DAY_STEPS, baseline_forecast, history_scale, interval_of
+from aircast.forecasting import DAY_STEPS, baseline_forecast, interval_of
 from aircast.influx import InfluxV1
 from aircast.measures import BY_NAME
 from aircast.queries import History, StoredForecast, forecast_lines
@@ -86,27 +85,17 @@ def baseline_values(kind: str, history: np.ndarray, horizons: tuple[int, ...]) -
 
 
 def history_steps(entry: ModelEntry) -> int:
-    """10-minute means an entry needs: its window, or a day for the seasonal baseline,
-    and at least what its interval's scale reads."""
-    steps = max(entry.window, DAY_STEPS) if entry.kind == "seasonal_naive" else entry.window
-    if entry.intervals and entry.interval_scale is not None:
-        steps = max(steps, entry.interval_scale.steps)
-    return steps
+    """10-minute means an entry needs: its window, or a day for the seasonal baseline."""
+    return max(entry.window, DAY_STEPS) if entry.kind == "seasonal_naive" else entry.window
 
 
-def interval_scale(entry: ModelEntry, means: Sequence[float]) -> float:
-    """The scale of the entry's interval at the history's last value (1: unscaled)."""
-    return history_scale(means, entry.interval_scale, entry.log_space)
-
-
-def bounds(entry: ModelEntry, horizon: int, value: float, scale: float = 1.0) -> dict[str, float]:
-    """``low``/``high`` of a point: the entry's validation residual quantiles, times the
-    interval's ``scale`` (:func:`interval_scale`), around the served value (none when
-    the entry has no interval for that horizon)."""
+def bounds(entry: ModelEntry, horizon: int, value: float) -> dict[str, float]:
+    """``low``/``high`` of a point: the entry's validation residual quantiles around the
+    served value (none when the entry has no interval for that horizon)."""
     quantiles = entry.intervals.get(horizon_label(horizon))
     if quantiles is None:
         return {}
-    low, high = interval_of(value, quantiles, entry.log_space, scale)
+    low, high = interval_of(value, quantiles, entry.log_space)
     return {"low": low, "high": high} if math.isfinite(low) and math.isfinite(high) else {}
 
 
@@ -120,14 +109,13 @@ def payload(
 ) -> dict[str, Any]:
     issued_at = history.last_window + AGGREGATE_WINDOW_S
     m = BY_NAME.get(entry.measure)
-    scale = interval_scale(entry, history.means) if entry.intervals else 1.0
     points = [
         {
             "horizon_steps": h,
             "horizon": horizon_label(h),
             "time": history.last_window + h * AGGREGATE_WINDOW_S,
             "value": float(v),
-            **bounds(entry, h, v, scale),
+            **bounds(entry, h, v),
         }
         for h, v in sorted(values.items())
         if math.isfinite(v)

@@ -37,25 +37,6 @@ def horizon_label(steps: int, step_s: int = 600) -> str:
 
 
 @dataclass(frozen=True)
-class IntervalScale:
-    """How an interval is scaled by the series' recent volatility (in the model space).
-
-    At an origin the scale is the mean absolute change between adjacent known values
-    among the last ``steps`` values up to and including it, at least ``floor``, and
-    ``median`` (the median validation scale) where the window has no such pair. The
-    interval quantiles are of ``residual / scale``, so the interval is the forecast
-    plus ``quantile * scale``: wider when the series has just been volatile."""
-
-    steps: int
-    median: float
-    floor: float
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IntervalScale:
-        return cls(int(d["steps"]), float(d["median"]), float(d["floor"]))
-
-
-@dataclass(frozen=True)
 class ModelEntry:
     sensor_id: int
     measure: str
@@ -74,10 +55,6 @@ class ModelEntry:
     # the served 80 % interval. Empty: no interval.
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     log_space: bool = False
-    # Set: the quantiles are of residuals divided by the scale at their origin, and are
-    # multiplied by the scale at the served origin. None (entries written before it
-    # existed, or ``train.interval_scale`` "none"): the quantiles are added as they are.
-    interval_scale: IntervalScale | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -103,9 +80,6 @@ class ModelEntry:
                 str(k): (float(v[0]), float(v[1])) for k, v in d.get("intervals", {}).items()
             },
             log_space=bool(d.get("log_space", False)),
-            interval_scale=(
-                IntervalScale.from_dict(d["interval_scale"]) if d.get("interval_scale") else None
-            ),
         )
 
     @classmethod

@@ -303,10 +303,6 @@ class TrainSettings(BaseModel):
     # What a fine-tune from the pre-trained network fits: "head" (the dense layers on
     # the frozen GRU's features: a nightly retrain of every series stays cheap) or "all".
     finetune: Literal["head", "all"] = "head"
-    # The served 80 % interval: "volatility" scales the validation residual quantiles by
-    # each series' recent volatility at the origin (aircast.forecasting.volatility), so
-    # it widens on volatile days and narrows on calm ones; "none" adds them as they are.
-    interval_scale: Literal["volatility", "none"] = "none"
     # Checkpoints (Ray Train reports) per fine-tune run, whatever its size: each is a
     # barrier and a copy of every model so far; a killed worker refits one slot at most.
     reports_per_run: int = Field(default=10, ge=1)

@@ -4,44 +4,33 @@ daily cycle (seasonal-naive exact, persistence analytically known)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 import pytest
 
-from aircast import forecasts
 from aircast.forecasting import (
     DAY_STEPS,
-    SCALE_FLOOR,
     STEP_S,
     ErrorSums,
     Scaler,
     baseline_forecast,
-    baseline_matrix,
     best_baseline,
     blend,
     choose_blend,
     ffill,
-    fit_scale,
     grid,
-    history_scale,
     inputs,
     interval_bounds,
     interval_of,
     residual_quantiles,
-    scales_at,
     score_baselines,
     series_from_aggregates,
     skill,
     targets,
     usable_origins,
-    volatility,
 )
-from aircast.queries import History
 from aircast.records import Aggregate
-from aircast.registry import IntervalScale, ModelEntry
-from aircast.settings import Settings, TrainSettings
 
 T0 = 1_551_398_400  # 2019-03-01 00:00 UTC
 HORIZONS = (1, 6, 36)
@@ -198,138 +187,3 @@ def test_interval_from_residual_quantiles_covers_eighty_percent() -> None:
     low, high = interval_of(10.0, (-0.1, 0.2), log=True)  # multiplicative in log space
     assert low == pytest.approx(math.expm1(math.log(11.0) - 0.1))
     assert high == pytest.approx(math.expm1(math.log(11.0) + 0.2))
-
-
-def _regime_walk(rng: np.random.Generator, n: int) -> np.ndarray:
-    """A random walk whose steps' noise level doubles in its second half."""
-    sd = np.where(np.arange(n) < n // 2, 0.5, 1.0)
-    return 50.0 + np.cumsum(rng.normal(0.0, 1.0, n) * sd)
-
-
-def test_volatility_scaled_interval_follows_the_regime() -> None:
-    rng = np.random.default_rng(11)
-    horizons = (1, 6)
-    val_values, test_values = _regime_walk(rng, 4000), _regime_walk(rng, 4000)
-    origins = np.arange(40, 4000 - 6, dtype=np.int64)
-
-    def persistence(values: np.ndarray) -> np.ndarray:
-        return np.repeat(values[origins][:, None], len(horizons), axis=1)
-
-    scale = fit_scale(volatility(val_values, origins, 36, log=False), 36)
-    assert scale is not None and scale.floor == pytest.approx(SCALE_FLOOR * scale.median)
-    actual = targets(val_values, origins, horizons)
-    plain = residual_quantiles(persistence(val_values), actual, log=False)
-    scaled = residual_quantiles(
-        persistence(val_values), actual, False, scales_at(val_values, origins, scale, False)
-    )
-    forecast, actual = persistence(test_values), targets(test_values, origins, horizons)
-    unscaled_bounds = interval_bounds(forecast, plain, log=False)
-    scales = scales_at(test_values, origins, scale, False)
-    scaled_bounds = interval_bounds(forecast, scaled, False, scales)
-    volatile = origins >= 2000 + 36  # whose whole volatility window is in the second half
-    width = scaled_bounds[1] - scaled_bounds[0]
-    assert np.median(width[volatile, 0]) > 1.6 * np.median(width[~volatile & (origins < 2000), 0])
-
-    def coverage(b: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> float:
-        inside = (actual[rows] >= b[0][rows]) & (actual[rows] <= b[1][rows])
-        return float(inside.mean())
-
-    for rows in (volatile, origins < 2000):
-        assert abs(coverage(scaled_bounds, rows) - 0.8) < abs(coverage(unscaled_bounds, rows) - 0.8)
-        assert coverage(scaled_bounds, rows) == pytest.approx(0.8, abs=0.05)
-
-
-def test_volatility_skips_gaps_and_scale_is_floored() -> None:
-    values = np.array([1.0, np.nan, 5.0, 6.0, 6.0, np.nan, 7.0, 9.0, 100.0])
-    # Changes across a gap are not counted; nothing after the origin is read.
-    got = volatility(values, np.array([0, 2, 3, 4, 7], dtype=np.int64), 4, log=False)
-    assert np.isnan(got[0]) and np.isnan(got[1])
-    assert got[2:].tolist() == pytest.approx([1.0, 0.5, 2.0])
-    assert volatility(values, np.array([3]), 4, log=True)[0] == pytest.approx(
-        math.log(7.0) - math.log(6.0)
-    )
-    flat = np.full(200, 5.0)
-    flat[::3] = np.nan  # gaps, and a series that never changes
-    assert fit_scale(volatility(flat, np.arange(200), 36, False), 36) is None
-    scale = IntervalScale(steps=36, median=0.4, floor=0.1)
-    scales = scales_at(flat, np.arange(200, dtype=np.int64), scale, log=False)
-    assert scales is not None and np.isfinite(scales).all()
-    assert scales[0] == 0.4 and (scales[10:] == 0.1).all()  # undefined: median; 0: floor
-    low, high = interval_bounds(np.full((200, 1), 5.0), [(-2.0, 3.0)], False, scales)
-    assert np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()
-    assert history_scale([np.nan, np.nan], scale, log=True) == 0.4
-    assert history_scale([1.0, 1.0], scale, log=False) == 0.1
-    assert history_scale([], scale, log=False) == 0.4
-    assert history_scale([1.0, 2.0], None, log=False) == 1.0
-
-
-def test_served_bounds_scale_with_history_and_old_entries_are_unscaled() -> None:
-    means = (10.0, 11.0, np.nan, 12.0, 14.0, 13.0)
-    history = History(7, "temperature", T0, means)
-    quantiles = (-1.5, 2.0)
-    old = ModelEntry.from_dict(
-        {
-            "sensor_id": 7,
-            "measure": "temperature",
-            "version": "v",
-            "kind": "persistence",
-            "horizons": [1],
-            "window": 6,
-            "promoted": True,
-            "intervals": {"10m": list(quantiles)},
-        }
-    )
-    assert old.interval_scale is None
-    point = forecasts.payload(old, history, {1: 13.0}, served_by="baseline")["points"][0]
-    assert (point["low"], point["high"]) == interval_of(13.0, quantiles, log=False)
-    assert (point["low"], point["high"]) == (11.5, 15.0)
-    assert forecasts.history_steps(old) == 6
-
-    new = dataclasses.replace(old, interval_scale=IntervalScale(steps=4, median=1.0, floor=0.2))
-    assert ModelEntry.from_json(new.to_json()) == new
-    assert forecasts.history_steps(new) == 6
-    assert forecasts.history_steps(dataclasses.replace(new, window=2)) == 4
-    # The last 4 values (nan, 12, 14, 13) change by 2 and 1: scale 1.5.
-    assert forecasts.interval_scale(new, means) == pytest.approx(1.5)
-    point = forecasts.payload(new, history, {1: 13.0}, served_by="baseline")["points"][0]
-    assert point["low"] == pytest.approx(13.0 - 1.5 * 1.5)
-    assert point["high"] == pytest.approx(13.0 + 2.0 * 1.5)
-    calm = History(7, "temperature", T0, (13.0,) * 6)
-    point = forecasts.payload(new, calm, {1: 13.0}, served_by="baseline")["points"][0]
-    assert (point["low"], point["high"]) == pytest.approx((13.0 - 1.5 * 0.2, 13.0 + 2.0 * 0.2))
-
-
-def test_volatility_setting_scales_training_scores_and_serving_alike() -> None:
-    from training.model import Served, _choose, _score
-    from training.register import entries_for
-    from training.trainer import fit_config
-
-    settings = Settings(train=TrainSettings(interval_scale="volatility"))
-    cfg = fit_config(settings, horizons=(1, 6))
-    assert cfg.interval_scale == "volatility" and cfg.window == 36
-    assert fit_config(Settings(train=TrainSettings(interval_scale="none"))).interval_scale == "none"
-    values = _regime_walk(np.random.default_rng(2), 3000)
-    origins = np.arange(40, 2994, dtype=np.int64)
-    served = _choose(values, origins, None, cfg, log=False)
-    assert served.scale is not None and Served.from_dict(served.to_dict()) == served
-    result = {
-        "sensor_id": 7,
-        "measure": "temperature",
-        "has_model": False,
-        "val": _score(values, origins, cfg, None, served).to_dict(),
-        "served": served.to_dict(),
-    }
-    [entry] = entries_for(result, "v1", cfg, 0)
-    assert entry.promoted and entry.interval_scale == served.scale
-    # Serve's interval at an origin, from the history it reads, is training's.
-    origin = 2500
-    forecast = baseline_matrix(served.kind, values, np.array([origin]), cfg.horizons)
-    scales = scales_at(values, np.array([origin], dtype=np.int64), served.scale, False)
-    low, high = interval_bounds(forecast, served.intervals, False, scales)
-    means = tuple(values[origin - forecasts.history_steps(entry) + 1 : origin + 1])
-    history = History(7, "temperature", T0, means)
-    points = forecasts.payload(
-        entry, history, dict(zip(cfg.horizons, forecast[0], strict=True)), served_by=""
-    )
-    assert [p["low"] for p in points["points"]] == pytest.approx(low[0].tolist())
-    assert [p["high"] for p in points["points"]] == pytest.approx(high[0].tolist())

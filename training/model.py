@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +34,12 @@ from aircast.forecasting import (
     best_baseline,
     blend,
     choose_blend,
-    fit_scale,
     inputs,
     interval_bounds,
     residual_quantiles,
-    scales_at,
     targets,
     usable_origins,
-    volatility,
 )
-from aircast.registry import IntervalScale
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +65,6 @@ class FitConfig:
     # measure's GRU frozen and fits only the dense head on its features (computed once,
     # so a fine-tune costs one forward pass plus a tiny MLP fit); "all" fits every layer.
     finetune: str = "head"
-    # The served interval: "volatility" scales it by the series' recent volatility over
-    # the model's window (aircast.forecasting.volatility); "none" does not.
-    interval_scale: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,7 +79,6 @@ class FitConfig:
             "pretrain_epochs": self.pretrain_epochs,
             "pretrain_series": self.pretrain_series,
             "finetune": self.finetune,
-            "interval_scale": self.interval_scale,
         }
 
     @classmethod
@@ -180,15 +172,13 @@ class Served:
     (0 = persistence at that horizon); it is served when the network strictly helps at
     some horizon. Otherwise the baseline with the lower validation MAE. ``intervals``:
     per horizon, the 10 % and 90 % quantiles of the served forecast's validation
-    residuals in the model space (``log1p`` for PM), divided by the origin's ``scale``
-    when there is one; empty without a validation window.
+    residuals in the model space (``log1p`` for PM); empty without a validation window.
     """
 
     kind: str
     blend: tuple[float, ...]
     intervals: tuple[tuple[float, float], ...]
     log: bool
-    scale: IntervalScale | None = None
 
     def forecast(
         self, values: np.ndarray, origins: np.ndarray, network: np.ndarray | None, cfg: FitConfig
@@ -203,7 +193,6 @@ class Served:
             "blend": list(self.blend),
             "intervals": [list(q) for q in self.intervals],
             "log": self.log,
-            "scale": None if self.scale is None else asdict(self.scale),
         }
 
     @classmethod
@@ -213,18 +202,7 @@ class Served:
             blend=tuple(float(a) for a in d.get("blend", ())),
             intervals=tuple((float(q[0]), float(q[1])) for q in d.get("intervals", ())),
             log=bool(d.get("log", False)),
-            scale=IntervalScale.from_dict(d["scale"]) if d.get("scale") else None,
         )
-
-
-def _interval_scale(
-    values: np.ndarray, origins: np.ndarray, cfg: FitConfig, log: bool
-) -> IntervalScale | None:
-    """The interval's volatility scale, fitted on the validation origins (None: the
-    intervals are unscaled)."""
-    if cfg.interval_scale != "volatility" or origins.size == 0:
-        return None
-    return fit_scale(volatility(values, origins, cfg.window, log), cfg.window)
 
 
 def _choose(
@@ -236,21 +214,19 @@ def _choose(
 ) -> Served:
     """The served forecaster and its interval, from the validation origins."""
     actual = targets(values, origins, cfg.horizons)
-    scale = _interval_scale(values, origins, cfg, log)
-    scales = scales_at(values, origins, scale, log)
     if network is not None and origins.size:
         alphas = choose_blend(values[origins], network, actual, log)
         if any(a > 0 for a in alphas):
             chosen = Served("rnn", alphas, (), log)
             served = chosen.forecast(values, origins, network, cfg)
-            quantiles = tuple(residual_quantiles(served, actual, log, scales))
-            return Served("rnn", alphas, quantiles, log, scale)
+            quantiles = tuple(residual_quantiles(served, actual, log))
+            return Served("rnn", alphas, quantiles, log)
     sums = ErrorSums(cfg.horizons)
     sums.add(actual, {k: baseline_matrix(k, values, origins, cfg.horizons) for k in BASELINES})
     kind = best_baseline(sums.metrics())
     served = baseline_matrix(kind, values, origins, cfg.horizons)
-    quantiles = tuple(residual_quantiles(served, actual, log, scales)) if origins.size else ()
-    return Served(kind, (), quantiles, log, scale)
+    quantiles = tuple(residual_quantiles(served, actual, log)) if origins.size else ()
+    return Served(kind, (), quantiles, log)
 
 
 def _network(
@@ -276,9 +252,7 @@ def _score(
     forecasts["served"] = served.forecast(values, origins, network, cfg)
     interval = None
     if served.intervals:
-        # The scale at each origin reads only values up to it, as Serve's does.
-        scales = scales_at(values, origins, served.scale, served.log)
-        interval = interval_bounds(forecasts["served"], served.intervals, served.log, scales)
+        interval = interval_bounds(forecasts["served"], served.intervals, served.log)
     sums.add(actual, forecasts, interval)
     return sums
 

@@ -63,7 +63,6 @@ def entries_for(
             # The interval belongs to what is served: only the promoted entry has it.
             intervals=intervals if promoted else {},
             log_space=served.log,
-            interval_scale=served.scale if promoted else None,
         )
 
     def mean_of(name: str) -> float:

@@ -38,7 +38,6 @@ def fit_config(settings: Settings, **overrides: Any) -> FitConfig:
         "pretrain_epochs": t.pretrain_epochs,
         "pretrain_series": t.pretrain_series,
         "finetune": t.finetune,
-        "interval_scale": t.interval_scale,
     }
     return FitConfig(**{**base, **overrides})
 

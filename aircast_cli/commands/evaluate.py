@@ -9,8 +9,7 @@ persistence and seasonal-naive on the same origins. Scores are pooled over serie
 skill weighs the same). ``served`` is what the registry would serve: per horizon, the
 network damped towards persistence as its validation window chose, else the better
 baseline; ``coverage`` is the share of test values inside the served 80 % interval
-(residual quantiles from validation, scaled by recent volatility when
-``train.interval_scale`` is "volatility"). The last line printed is one JSON object.
+(residual quantiles from validation). The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -208,7 +207,6 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
             ("batch_size", args.batch_size),
             ("pretrain_epochs", args.pretrain_epochs),
             ("finetune", args.finetune),
-            ("interval_scale", args.interval_scale),
         )
         if v is not None
     }
@@ -258,11 +256,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=("head", "all"),
         default=None,
         help="what a per-sensor fine-tune fits: the dense head on the frozen GRU, or all",
-    )
-    p.add_argument(
-        "--interval-scale",
-        choices=("volatility", "none"),
-        default=None,
-        help="scale the 80 %% interval by each series' recent volatility, or not",
     )
     p.set_defaults(func=cmd_evaluate)
