@@ -20,12 +20,17 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
+from aircast.cache import redis_client
+from aircast.forecasting import DAY_STEPS
 from aircast.influx import InfluxV1
 from aircast.kafka import ensure_topics
 from aircast.localhost import free_port
 from aircast.measures import MEASURES
+from aircast.records import AGGREGATE_WINDOW_S, Aggregate
+from aircast.registry import Registry
 from aircast.settings import Settings
 from aircast.simulator import FEED_PATH
 
@@ -53,9 +58,10 @@ def _shell(argv: list[str], env: dict[str, str] | None = None, timeout: float = 
     return out
 
 
-def _submit(settings: Settings, *entrypoint: str) -> str:
+def _submit(settings: Settings, *entrypoint: str, env: dict[str, str] | None = None) -> str:
+    runtime = ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
     return _shell(
-        [RAY, "job", "submit", "--address", settings.ray.dashboard_url, "--", *entrypoint]
+        [RAY, "job", "submit", "--address", settings.ray.dashboard_url, *runtime, "--", *entrypoint]
     )
 
 
@@ -75,15 +81,65 @@ def test_ray_job_submit_runs_the_ingest_module_as_written(stack_settings: Settin
     assert "No module named" not in out
 
 
+TRAIN_END = 1_551_398_400 + 3 * 86_400  # 2019-03-04 00:00 UTC
+TRAIN_SENSORS = (601, 602)
+
+
+def _seed_cycles(settings: Settings) -> None:
+    """Three days of a daily temperature cycle for two sensors, up to ``TRAIN_END``."""
+    rng = np.random.default_rng(2)
+    lines = []
+    for sid in TRAIN_SENSORS:
+        for k in range(3 * DAY_STEPS):
+            t = TRAIN_END - (3 * DAY_STEPS - k) * AGGREGATE_WINDOW_S
+            v = 8.0 + 4.0 * np.sin(2 * np.pi * k / DAY_STEPS) + rng.normal(0.0, 0.2)
+            lines.append(
+                Aggregate(
+                    sid, "DHT22", sid, 57.1, -2.1, "GB", "United Kingdom", "Aberdeen",
+                    "temperature", t, t + AGGREGATE_WINDOW_S, v, v, v, 1,
+                ).line()
+            )  # fmt: skip
+    with InfluxV1(settings.influx) as influx:
+        influx.ensure_databases()
+        influx.write(lines, settings.influx.aggregates_database, precision="s")
+
+
 def test_ray_job_submit_runs_the_collect_and_training_modules_as_written(
-    stack_settings: Settings,
+    stack_settings: Settings, tmp_path: Path
 ) -> None:
     out = _submit(stack_settings, "python", "-m", "actors.collect", "--until-idle", "2")
     assert "collector finished" in out, out[-4000:]
-    # Training up to the epoch's first day: the module runs, finds nothing to fit.
-    out = _submit(stack_settings, "python", "-m", "training.job", "--end", "86400")
-    summary = json.loads(next(line for line in out.splitlines() if line.startswith('{"models"')))
-    assert summary["models"] == 0
+    # A training round on a fresh aggregates database: a model fitted, registered and
+    # promoted per series, by the module the job runs on the cluster.
+    database, prefix = unique("agg"), unique("trainj") + ":"
+    settings = stack_settings.model_copy(
+        update={
+            "influx": stack_settings.influx.model_copy(update={"aggregates_database": database}),
+            "redis": stack_settings.redis.model_copy(update={"key_prefix": prefix}),
+        }
+    )
+    _seed_cycles(settings)
+    env = {
+        "AIRCAST_INFLUX__AGGREGATES_DATABASE": database,
+        "AIRCAST_REDIS__KEY_PREFIX": prefix,
+        "AIRCAST_TRAIN__STORAGE_PATH": str(tmp_path / "train"),
+        "AIRCAST_TRAIN__REGISTRY_DIR": str(tmp_path / "models"),
+        "AIRCAST_TRAIN__MEASURES": '["temperature"]',
+        "AIRCAST_TRAIN__HISTORY_DAYS": "3",
+        "AIRCAST_TRAIN__WINDOW": "12",
+        "AIRCAST_TRAIN__EPOCHS": "2",
+        "AIRCAST_TRAIN__UNITS": "4",
+        "AIRCAST_TRAIN__WORKERS": "1",
+    }
+    out = _submit(stack_settings, "python", "-m", "training.job", "--end", str(TRAIN_END), env=env)
+    summary = json.loads([line for line in out.splitlines() if line.startswith('{"')][-1])
+    assert summary["series"] == len(TRAIN_SENSORS), out[-4000:]
+    assert summary["models"] == len(TRAIN_SENSORS), out[-4000:]
+    registry = Registry(tmp_path / "models", redis_client(settings.redis), prefix)
+    latest = {e.sensor_id: e for e in registry.all_latest()}
+    assert set(latest) == set(TRAIN_SENSORS)
+    for entry in latest.values():
+        assert entry.promoted and set(entry.intervals) == {"10m", "1h", "6h"}
 
 
 @pytest.fixture()

@@ -1,26 +1,33 @@
-"""A model trained on Ray Train, registered and promoted, then served by the API: the
-forecast says ``served_by: "model"`` and every point carries its 80 % interval."""
+"""``aircast train`` as a user types it, then the API that serves what it trained.
+
+The command fits, registers and promotes a model per series of a fresh aggregates
+database on the session's real Ray (Ray Train); Serve then answers
+``/sensors/{id}/forecast`` with ``served_by: "model"``, the promoted version, and an
+80 % interval on every point."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from aircast.cache import redis_client
-from aircast.forecasting import DAY_STEPS, Series
+from aircast.forecasting import DAY_STEPS
 from aircast.influx import InfluxV1
 from aircast.records import AGGREGATE_WINDOW_S, Aggregate
 from aircast.registry import ModelEntry, Registry
 from aircast.settings import Settings
-from training.model import FitConfig
-from training.register import register_run
-from training.trainer import cleanup, train
 
+from .conftest import REPO
 from .test_serve_api import RAY_SERVE_WARNINGS, serve_settings
 
 pytestmark = [
@@ -28,8 +35,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
 ]
 
-SENSOR = 501
-CFG = FitConfig(window=12, horizons=(1, 6, 36), epochs=15, batch_size=64, units=8)
+SENSORS = (501, 502)
+DAYS = 4
+BIN = Path(sys.executable).parent
 
 
 def _cycle(start: int, steps: int, seed: int) -> np.ndarray:
@@ -40,65 +48,101 @@ def _cycle(start: int, steps: int, seed: int) -> np.ndarray:
     return 15.0 + 6.0 * np.sin(angle) + rng.normal(0.0, 0.3, steps)
 
 
+def _seed(settings: Settings, start: int, steps: int) -> None:
+    """``steps`` 10-minute temperature aggregates of each sensor from ``start``."""
+    lines = []
+    for sid in SENSORS:
+        values = _cycle(start, steps, seed=sid)
+        for k, v in enumerate(values):
+            t = start + k * AGGREGATE_WINDOW_S
+            lines.append(
+                Aggregate(
+                    sid, "DHT22", sid, 57.1, -2.1, "GB", "United Kingdom", "Aberdeen",
+                    "temperature", t, t + AGGREGATE_WINDOW_S, float(v), float(v), float(v), 1,
+                ).line()
+            )  # fmt: skip
+    with InfluxV1(settings.influx) as influx:
+        influx.ensure_databases()
+        influx.write(lines, settings.influx.aggregates_database, precision="s")
+
+
 @dataclass(frozen=True)
 class Served:
     url: str
-    entry: ModelEntry
+    summary: dict[str, object]
+    latest: dict[int, ModelEntry]
 
 
 @pytest.fixture(scope="module")
-def served(ray_session: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    ray_session: Settings, stack_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     from ray import serve
 
     from serve.deploy import deploy
 
     tmp = tmp_path_factory.mktemp("forecast-serve")
     settings = serve_settings(ray_session, tmp / "registry")
-    settings = settings.model_copy(
-        update={"train": settings.train.model_copy(update={"storage_path": tmp / "train"})}
-    )
     now = int(time.time())
-    last = now - now % AGGREGATE_WINDOW_S - AGGREGATE_WINDOW_S
-    steps = 6 * DAY_STEPS
-    start = last - (steps - 1) * AGGREGATE_WINDOW_S
-    series = Series(SENSOR, "temperature", start, _cycle(start, steps, seed=1))
-    run = train(settings, [(series, None)], workers=1, cfg=CFG)
+    end = now - now % AGGREGATE_WINDOW_S  # the newest window ends here
+    steps = DAYS * DAY_STEPS
+    _seed(settings, end - steps * AGGREGATE_WINDOW_S, steps)
+    # The command finds the stack from its state folder and everything else from the
+    # environment, as a user's shell gives it.
+    env = {
+        **os.environ,
+        "AIRCAST_STACK__STATE_DIR": str(stack_dir.resolve()),
+        "AIRCAST_INFLUX__AGGREGATES_DATABASE": settings.influx.aggregates_database,
+        "AIRCAST_INFLUX__PREDICTIONS_DATABASE": settings.influx.predictions_database,
+        "AIRCAST_REDIS__KEY_PREFIX": settings.redis.key_prefix,
+        "AIRCAST_TRAIN__STORAGE_PATH": str(tmp / "train"),
+        "AIRCAST_TRAIN__REGISTRY_DIR": str(settings.train.registry_dir),
+        "AIRCAST_TRAIN__MEASURES": '["temperature"]',
+        "AIRCAST_TRAIN__HISTORY_DAYS": str(DAYS),
+        "AIRCAST_TRAIN__WINDOW": "12",
+        "AIRCAST_TRAIN__EPOCHS": "10",
+        "AIRCAST_TRAIN__UNITS": "8",
+        "AIRCAST_TRAIN__WORKERS": "1",
+    }
+    done = subprocess.run(
+        [str(BIN / "aircast"), "train", "--end", str(end)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    line = [x for x in done.stdout.splitlines() if x.startswith("{")][-1]
     registry = Registry(
         settings.train.registry_dir, redis_client(settings.redis), settings.redis.key_prefix
     )
-    register_run(run, registry, CFG)
-    cleanup(run, settings)
-    entry = registry.latest(SENSOR, "temperature")
-    assert entry is not None
-    lines = [
-        Aggregate(
-            SENSOR, "DHT22", 51, 57.1, -2.1, "GB", "United Kingdom", "Aberdeen", "temperature",
-            t, t + AGGREGATE_WINDOW_S, float(v), float(v), float(v), 1,
-        ).line()
-        for t, v in zip(
-            range(start, last + 1, AGGREGATE_WINDOW_S)[-DAY_STEPS:],
-            series.values[-DAY_STEPS:],
-            strict=True,
-        )
-    ]  # fmt: skip
-    with InfluxV1(settings.influx) as influx:
-        influx.ensure_databases()
-        influx.write(lines, settings.influx.aggregates_database, precision="s")
+    latest = {e.sensor_id: e for e in registry.all_latest()}
     urls = deploy(settings)
     try:
-        yield Served(urls.base, entry)
+        yield Served(urls.base, json.loads(line), latest)
     finally:
         serve.shutdown()
 
 
 @pytest.mark.slow
-def test_a_promoted_model_serves_with_an_interval(served: Served) -> None:
-    assert served.entry.kind == "rnn" and served.entry.promoted
-    assert set(served.entry.intervals) == {"10m", "1h", "6h"}
+def test_aircast_train_registers_and_promotes_a_model_per_series(served: Served) -> None:
+    assert served.summary["series"] == len(SENSORS), served.summary
+    assert served.summary["models"] == len(SENSORS), served.summary
+    assert set(served.latest) == set(SENSORS)
+    for entry in served.latest.values():
+        assert entry.promoted and set(entry.intervals) == {"10m", "1h", "6h"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sensor", SENSORS)
+def test_a_promoted_model_serves_with_an_interval(served: Served, sensor: int) -> None:
+    entry = served.latest[sensor]
+    assert entry.kind == "rnn" and entry.promoted
     with httpx.Client(base_url=served.url, timeout=120.0) as client:
-        body = client.get(f"/sensors/{SENSOR}/forecast", params={"measure": "temperature"}).json()
+        body = client.get(f"/sensors/{sensor}/forecast", params={"measure": "temperature"}).json()
     assert body["served_by"] == "model", body["note"]
-    assert body["model"]["kind"] == "rnn" and body["model"]["version"] == served.entry.version
+    assert body["model"]["kind"] == "rnn" and body["model"]["version"] == entry.version
     assert [p["horizon"] for p in body["points"]] == ["10m", "1h", "6h"]
     for point in body["points"]:
         assert point["low"] <= point["value"] <= point["high"]
