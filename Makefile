@@ -67,8 +67,9 @@ run: setup
 
 # Two workers, a file at a time each (a file's module fixtures stay on one worker);
 # each worker starts its own session stack on free ports. Then, alone, the tests that
-# load the whole machine on purpose (the newcomer's make run with both cores spinning):
-# beside the other worker's drills they would measure each other.
+# load the whole machine on purpose (the newcomer's make run with both cores spinning)
+# or hold wall-clock budgets (the map at network size): beside the other worker's
+# drills they would measure each other.
 XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 # The static checks first (ruff, strict mypy, the import contracts): CI runs make test.
 test: setup check
