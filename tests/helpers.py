@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -9,15 +10,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.net.compat import KafkaNetClient
 from kafka.protocol.consumer import FetchRequest
 from kafka.record.memory_records import MemoryRecords
 
+from aircast.influx import InfluxV1
 from aircast.kafka import connection_options
-from aircast.settings import KafkaSettings
+from aircast.records import AGGREGATE_WINDOW_S, Aggregate
+from aircast.settings import KafkaSettings, Settings
 
 from .conftest import REPO
 
@@ -272,3 +277,49 @@ class AircastRun:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
+
+
+def run_command(argv: list[str], env: dict[str, str], timeout: float = 600) -> str:
+    """``argv`` run from the checkout with the user's environment plus ``env``; its
+    stdout, or a failure that shows its output."""
+    done = subprocess.run(
+        argv,
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    return done.stdout
+
+
+def last_json(output: str) -> dict[str, object]:
+    """The last line of ``output`` that is a JSON object (a command's summary)."""
+    line = [x for x in output.splitlines() if x.startswith('{"')][-1]
+    result: dict[str, object] = json.loads(line)
+    return result
+
+
+def seed_daily_cycles(settings: Settings, sensors: Sequence[int], start: int, steps: int) -> None:
+    """``steps`` 10-minute temperature aggregates of each sensor from ``start``: a daily
+    cycle in phase with the clock plus noise (learnable from the time of day), written
+    to ``settings.influx.aggregates_database``."""
+    lines = []
+    for sid in sensors:
+        rng = np.random.default_rng(sid)
+        times = start + np.arange(steps) * AGGREGATE_WINDOW_S
+        values = 15.0 + 6.0 * np.sin(2 * np.pi * (times % 86_400) / 86_400)
+        values += rng.normal(0.0, 0.3, steps)
+        lines += [
+            Aggregate(
+                sid, "DHT22", sid, 57.1, -2.1, "GB", "United Kingdom", "Aberdeen",
+                "temperature", int(t), int(t) + AGGREGATE_WINDOW_S, float(v), float(v),
+                float(v), 1,
+            ).line()
+            for t, v in zip(times, values, strict=True)
+        ]  # fmt: skip
+    with InfluxV1(settings.influx) as influx:
+        influx.ensure_databases()
+        influx.write(lines, settings.influx.aggregates_database, precision="s")

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from aircast.cache import redis_client
@@ -29,13 +28,13 @@ from aircast.influx import InfluxV1
 from aircast.kafka import ensure_topics
 from aircast.localhost import free_port
 from aircast.measures import MEASURES
-from aircast.records import AGGREGATE_WINDOW_S, Aggregate
+from aircast.records import AGGREGATE_WINDOW_S
 from aircast.registry import Registry
 from aircast.settings import Settings
 from aircast.simulator import FEED_PATH
 
 from .conftest import ANY_PORT_ENV, REPO, unique
-from .helpers import read_topic
+from .helpers import last_json, read_topic, seed_daily_cycles
 from .test_archive import ARCHIVE
 from .test_collect import distinct_points, make_readings, produce_stream
 
@@ -81,27 +80,8 @@ def test_ray_job_submit_runs_the_ingest_module_as_written(stack_settings: Settin
     assert "No module named" not in out
 
 
-TRAIN_END = 1_551_398_400 + 3 * 86_400  # 2019-03-04 00:00 UTC
+TRAIN_END = 1_551_398_400 + 3 * 86_400  # 2019-03-04 00:00 UTC, the seeded three days end here
 TRAIN_SENSORS = (601, 602)
-
-
-def _seed_cycles(settings: Settings) -> None:
-    """Three days of a daily temperature cycle for two sensors, up to ``TRAIN_END``."""
-    rng = np.random.default_rng(2)
-    lines = []
-    for sid in TRAIN_SENSORS:
-        for k in range(3 * DAY_STEPS):
-            t = TRAIN_END - (3 * DAY_STEPS - k) * AGGREGATE_WINDOW_S
-            v = 8.0 + 4.0 * np.sin(2 * np.pi * k / DAY_STEPS) + rng.normal(0.0, 0.2)
-            lines.append(
-                Aggregate(
-                    sid, "DHT22", sid, 57.1, -2.1, "GB", "United Kingdom", "Aberdeen",
-                    "temperature", t, t + AGGREGATE_WINDOW_S, v, v, v, 1,
-                ).line()
-            )  # fmt: skip
-    with InfluxV1(settings.influx) as influx:
-        influx.ensure_databases()
-        influx.write(lines, settings.influx.aggregates_database, precision="s")
 
 
 def test_ray_job_submit_runs_the_collect_and_training_modules_as_written(
@@ -118,7 +98,9 @@ def test_ray_job_submit_runs_the_collect_and_training_modules_as_written(
             "redis": stack_settings.redis.model_copy(update={"key_prefix": prefix}),
         }
     )
-    _seed_cycles(settings)
+    seed_daily_cycles(
+        settings, TRAIN_SENSORS, TRAIN_END - 3 * DAY_STEPS * AGGREGATE_WINDOW_S, 3 * DAY_STEPS
+    )
     env = {
         "AIRCAST_INFLUX__AGGREGATES_DATABASE": database,
         "AIRCAST_REDIS__KEY_PREFIX": prefix,
@@ -132,7 +114,7 @@ def test_ray_job_submit_runs_the_collect_and_training_modules_as_written(
         "AIRCAST_TRAIN__WORKERS": "1",
     }
     out = _submit(stack_settings, "python", "-m", "training.job", "--end", str(TRAIN_END), env=env)
-    summary = json.loads([line for line in out.splitlines() if line.startswith('{"')][-1])
+    summary = last_json(out)
     assert summary["series"] == len(TRAIN_SENSORS), out[-4000:]
     assert summary["models"] == len(TRAIN_SENSORS), out[-4000:]
     registry = Registry(tmp_path / "models", redis_client(settings.redis), prefix)

@@ -5,9 +5,6 @@ as a command in tests/test_forecast_serve.py (the API then serves what it traine
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,30 +12,10 @@ import pytest
 
 from aircast.settings import Settings
 
-from .conftest import REPO
+from .helpers import last_json, run_command
 from .test_archive import ARCHIVE
 
 BIN = Path(sys.executable).parent
-
-
-def _run(argv: list[str], env: dict[str, str], timeout: float = 600) -> str:
-    done = subprocess.run(
-        argv,
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-4000:]
-    return done.stdout
-
-
-def _last_json(stdout: str) -> dict[str, object]:
-    line = [x for x in stdout.splitlines() if x.startswith("{")][-1]
-    result: dict[str, object] = json.loads(line)
-    return result
 
 
 @pytest.mark.slow
@@ -49,7 +26,7 @@ def test_aircast_evaluate_prints_served_skill_and_coverage(
         "AIRCAST_STACK__STATE_DIR": str(stack_dir.resolve()),
         "AIRCAST_TRAIN__STORAGE_PATH": str(tmp_path / "train"),
     }
-    out = _run(
+    out = run_command(
         [
             str(BIN / "aircast"), "evaluate", "--archive", str(ARCHIVE),
             "--train-start", "2019-03-01", "--train-end", "2019-03-03",
@@ -58,7 +35,7 @@ def test_aircast_evaluate_prints_served_skill_and_coverage(
         ],
         env,
     )  # fmt: skip
-    summary = _last_json(out)
+    summary = last_json(out)
     assert isinstance(summary["models"], int) and summary["models"] > 0
     assert isinstance(summary["seconds"], float)
     row = summary["per_measure"]["temperature"]["6h"]  # type: ignore[index]

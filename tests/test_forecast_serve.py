@@ -7,9 +7,6 @@ database on the session's real Ray (Ray Train); Serve then answers
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,17 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 
 from aircast.cache import redis_client
 from aircast.forecasting import DAY_STEPS
-from aircast.influx import InfluxV1
-from aircast.records import AGGREGATE_WINDOW_S, Aggregate
+from aircast.records import AGGREGATE_WINDOW_S
 from aircast.registry import ModelEntry, Registry
 from aircast.settings import Settings
 
-from .conftest import REPO
+from .helpers import last_json, run_command, seed_daily_cycles
 from .test_serve_api import RAY_SERVE_WARNINGS, serve_settings
 
 pytestmark = [
@@ -38,32 +33,6 @@ pytestmark = [
 SENSORS = (501, 502)
 DAYS = 4
 BIN = Path(sys.executable).parent
-
-
-def _cycle(start: int, steps: int, seed: int) -> np.ndarray:
-    """A daily cycle in phase with the clock, plus noise: learnable from time of day."""
-    rng = np.random.default_rng(seed)
-    times = start + np.arange(steps) * AGGREGATE_WINDOW_S
-    angle = 2 * np.pi * (times % 86_400) / 86_400
-    return 15.0 + 6.0 * np.sin(angle) + rng.normal(0.0, 0.3, steps)
-
-
-def _seed(settings: Settings, start: int, steps: int) -> None:
-    """``steps`` 10-minute temperature aggregates of each sensor from ``start``."""
-    lines = []
-    for sid in SENSORS:
-        values = _cycle(start, steps, seed=sid)
-        for k, v in enumerate(values):
-            t = start + k * AGGREGATE_WINDOW_S
-            lines.append(
-                Aggregate(
-                    sid, "DHT22", sid, 57.1, -2.1, "GB", "United Kingdom", "Aberdeen",
-                    "temperature", t, t + AGGREGATE_WINDOW_S, float(v), float(v), float(v), 1,
-                ).line()
-            )  # fmt: skip
-    with InfluxV1(settings.influx) as influx:
-        influx.ensure_databases()
-        influx.write(lines, settings.influx.aggregates_database, precision="s")
 
 
 @dataclass(frozen=True)
@@ -86,11 +55,10 @@ def served(
     now = int(time.time())
     end = now - now % AGGREGATE_WINDOW_S  # the newest window ends here
     steps = DAYS * DAY_STEPS
-    _seed(settings, end - steps * AGGREGATE_WINDOW_S, steps)
+    seed_daily_cycles(settings, SENSORS, end - steps * AGGREGATE_WINDOW_S, steps)
     # The command finds the stack from its state folder and everything else from the
     # environment, as a user's shell gives it.
     env = {
-        **os.environ,
         "AIRCAST_STACK__STATE_DIR": str(stack_dir.resolve()),
         "AIRCAST_INFLUX__AGGREGATES_DATABASE": settings.influx.aggregates_database,
         "AIRCAST_INFLUX__PREDICTIONS_DATABASE": settings.influx.predictions_database,
@@ -104,23 +72,14 @@ def served(
         "AIRCAST_TRAIN__UNITS": "8",
         "AIRCAST_TRAIN__WORKERS": "1",
     }
-    done = subprocess.run(
-        [str(BIN / "aircast"), "train", "--end", str(end)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    line = [x for x in done.stdout.splitlines() if x.startswith("{")][-1]
+    summary = last_json(run_command([str(BIN / "aircast"), "train", "--end", str(end)], env))
     registry = Registry(
         settings.train.registry_dir, redis_client(settings.redis), settings.redis.key_prefix
     )
     latest = {e.sensor_id: e for e in registry.all_latest()}
     urls = deploy(settings)
     try:
-        yield Served(urls.base, json.loads(line), latest)
+        yield Served(urls.base, summary, latest)
     finally:
         serve.shutdown()
 
