@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
@@ -293,6 +294,28 @@ def run_command(argv: list[str], env: dict[str, str], timeout: float = 600) -> s
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     return done.stdout
+
+
+def ray_job_submit(
+    settings: Settings, *entrypoint: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> str:
+    """``ray job submit -- <entrypoint>`` as the README gives it, from the checkout, on
+    the stack's dashboard; ``env`` reaches the job as its runtime environment's
+    variables. The job's output (Ray prints the driver's log), or a failure showing it."""
+    runtime = ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
+    ray = str(Path(sys.executable).parent / "ray")
+    address = ["--address", settings.ray.dashboard_url]
+    done = subprocess.run(
+        [ray, "job", "submit", *address, *runtime, "--", *entrypoint],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    return out
 
 
 def last_json(output: str) -> dict[str, object]:

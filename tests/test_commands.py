@@ -22,23 +22,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aircast.cache import redis_client
 from aircast.forecasting import DAY_STEPS
 from aircast.influx import InfluxV1
 from aircast.kafka import ensure_topics
 from aircast.localhost import free_port
 from aircast.measures import MEASURES
-from aircast.records import AGGREGATE_WINDOW_S
-from aircast.registry import Registry
 from aircast.settings import Settings
 from aircast.simulator import FEED_PATH
 
 from .conftest import ANY_PORT_ENV, REPO, unique
-from .helpers import last_json, read_topic, seed_daily_cycles
+from .helpers import last_json, ray_job_submit, read_topic, seed_daily_cycles
 from .test_archive import ARCHIVE
 from .test_collect import distinct_points, make_readings, produce_stream
 
-RAY = str(Path(sys.executable).parent / "ray")
+AIRCAST = str(Path(sys.executable).parent / "aircast")
 
 
 def _shell(argv: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> str:
@@ -57,15 +54,8 @@ def _shell(argv: list[str], env: dict[str, str] | None = None, timeout: float = 
     return out
 
 
-def _submit(settings: Settings, *entrypoint: str, env: dict[str, str] | None = None) -> str:
-    runtime = ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
-    return _shell(
-        [RAY, "job", "submit", "--address", settings.ray.dashboard_url, *runtime, "--", *entrypoint]
-    )
-
-
 def test_ray_job_submit_runs_the_ingest_module_as_written(stack_settings: Settings) -> None:
-    out = _submit(
+    out = ray_job_submit(
         stack_settings,
         "python",
         "-m",
@@ -80,48 +70,38 @@ def test_ray_job_submit_runs_the_ingest_module_as_written(stack_settings: Settin
     assert "No module named" not in out
 
 
-TRAIN_END = 1_551_398_400 + 3 * 86_400  # 2019-03-04 00:00 UTC, the seeded three days end here
-TRAIN_SENSORS = (601, 602)
-
-
-def test_ray_job_submit_runs_the_collect_and_training_modules_as_written(
-    stack_settings: Settings, tmp_path: Path
-) -> None:
-    out = _submit(stack_settings, "python", "-m", "actors.collect", "--until-idle", "2")
+def test_ray_job_submit_runs_the_collect_module_as_written(stack_settings: Settings) -> None:
+    out = ray_job_submit(stack_settings, "python", "-m", "actors.collect", "--until-idle", "2")
     assert "collector finished" in out, out[-4000:]
-    # A training round on a fresh aggregates database: a model fitted, registered and
-    # promoted per series, by the module the job runs on the cluster.
-    database, prefix = unique("agg"), unique("trainj") + ":"
+
+
+def test_aircast_train_says_when_the_span_has_nothing_to_fit(
+    stack_settings: Settings, stack_dir: Path, tmp_path: Path
+) -> None:
+    """``aircast train`` is the training job's main as a command (its fits, registered,
+    promoted and served: tests/test_forecast_serve.py, through ``ray job submit``). On
+    the stack found from its state folder, an aggregates database whose only readings
+    lie before the history span: the warning, one JSON line with no models, exit 0."""
+    database = unique("agg")
     settings = stack_settings.model_copy(
         update={
-            "influx": stack_settings.influx.model_copy(update={"aggregates_database": database}),
-            "redis": stack_settings.redis.model_copy(update={"key_prefix": prefix}),
+            "influx": stack_settings.influx.model_copy(update={"aggregates_database": database})
         }
     )
-    seed_daily_cycles(
-        settings, TRAIN_SENSORS, TRAIN_END - 3 * DAY_STEPS * AGGREGATE_WINDOW_S, 3 * DAY_STEPS
-    )
+    end = 1_551_398_400 + 10 * 86_400
+    seed_daily_cycles(settings, (603,), end - 5 * 86_400, DAY_STEPS)  # 4 days too old
     env = {
+        "AIRCAST_STACK__STATE_DIR": str(stack_dir.resolve()),
         "AIRCAST_INFLUX__AGGREGATES_DATABASE": database,
-        "AIRCAST_REDIS__KEY_PREFIX": prefix,
         "AIRCAST_TRAIN__STORAGE_PATH": str(tmp_path / "train"),
         "AIRCAST_TRAIN__REGISTRY_DIR": str(tmp_path / "models"),
         "AIRCAST_TRAIN__MEASURES": '["temperature"]',
         "AIRCAST_TRAIN__HISTORY_DAYS": "3",
-        "AIRCAST_TRAIN__WINDOW": "12",
-        "AIRCAST_TRAIN__EPOCHS": "2",
-        "AIRCAST_TRAIN__UNITS": "4",
-        "AIRCAST_TRAIN__WORKERS": "1",
     }
-    out = _submit(stack_settings, "python", "-m", "training.job", "--end", str(TRAIN_END), env=env)
-    summary = last_json(out)
-    assert summary["series"] == len(TRAIN_SENSORS), out[-4000:]
-    assert summary["models"] == len(TRAIN_SENSORS), out[-4000:]
-    registry = Registry(tmp_path / "models", redis_client(settings.redis), prefix)
-    latest = {e.sensor_id: e for e in registry.all_latest()}
-    assert set(latest) == set(TRAIN_SENSORS)
-    for entry in latest.values():
-        assert entry.promoted and set(entry.intervals) == {"10m", "1h", "6h"}
+    out = _shell([AIRCAST, "train", "--end", str(end)], env)
+    assert "no aggregates to train on" in out, out[-4000:]
+    assert last_json(out) == {"models": 0, "promoted": {}, "seconds": 0.0}, out[-4000:]
+    assert not (tmp_path / "models").exists()
 
 
 @pytest.fixture()
@@ -180,12 +160,8 @@ def test_aircast_collect_until_idle_writes_every_reading(
     ensure_topics(settings.kafka)
     readings = make_readings(4, 5, seed=21)
     produce_stream(settings, readings, [], [], chunks=2, pause_s=0)
-    aircast = str(Path(sys.executable).parent / "aircast")
-    _shell([aircast, "collect", "--actors", "2", "--until-idle", "1"], env)
+    _shell([AIRCAST, "collect", "--actors", "2", "--until-idle", "1"], env)
     assert len(distinct_points(settings, settings.influx.raw_database)) == len(readings)
-
-
-AIRCAST = str(Path(sys.executable).parent / "aircast")
 
 
 def test_aircast_backfill_loads_an_archive_day_and_balances(

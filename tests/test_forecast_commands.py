@@ -1,7 +1,7 @@
 """``aircast evaluate`` as a user types it, on three archive days and the session's real
-Ray: it prints the served figures and the interval coverage. ``aircast train`` is run
-as a command in tests/test_forecast_serve.py (the API then serves what it trained) and
-``python -m training.job`` through ``ray job submit`` in tests/test_commands.py."""
+Ray: it prints the served figures and the interval coverage. ``python -m training.job``
+runs through ``ray job submit`` in tests/test_forecast_serve.py (the API then serves what
+it trained) and ``aircast train``, its command, in tests/test_commands.py."""
 
 from __future__ import annotations
 

@@ -1,17 +1,17 @@
-"""``aircast train`` as a user types it, then the API that serves what it trained.
+"""The training job as the README gives it for a cluster, ``ray job submit -- python -m
+training.job``, then the API that serves what it trained.
 
-The command fits, registers and promotes a model per series of a fresh aggregates
-database on the session's real Ray (Ray Train); Serve then answers
-``/sensors/{id}/forecast`` with ``served_by: "model"``, the promoted version, and an
-80 % interval on every point."""
+The job fits, registers and promotes a model per series of a fresh aggregates database
+on the session's real Ray (Ray Train), in the project's environment the local head
+gives its jobs; Serve then answers ``/sensors/{id}/forecast`` with ``served_by:
+"model"``, the promoted version, and an 80 % interval on every point. (``aircast train``
+runs the same ``training.job`` main: tests/test_commands.py runs it as a command.)"""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,7 +22,7 @@ from aircast.records import AGGREGATE_WINDOW_S
 from aircast.registry import ModelEntry, Registry
 from aircast.settings import Settings
 
-from .helpers import last_json, run_command, seed_daily_cycles
+from .helpers import last_json, ray_job_submit, seed_daily_cycles
 from .test_serve_api import RAY_SERVE_WARNINGS, serve_settings
 
 pytestmark = [
@@ -32,7 +32,6 @@ pytestmark = [
 
 SENSORS = (501, 502)
 DAYS = 4
-BIN = Path(sys.executable).parent
 
 
 @dataclass(frozen=True)
@@ -43,9 +42,7 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(
-    ray_session: Settings, stack_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
+def served(ray_session: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     from ray import serve
 
     from serve.deploy import deploy
@@ -56,10 +53,9 @@ def served(
     end = now - now % AGGREGATE_WINDOW_S  # the newest window ends here
     steps = DAYS * DAY_STEPS
     seed_daily_cycles(settings, SENSORS, end - steps * AGGREGATE_WINDOW_S, steps)
-    # The command finds the stack from its state folder and everything else from the
-    # environment, as a user's shell gives it.
+    # The job finds the stack's addresses itself (the local head gives them to its jobs);
+    # the rest comes from the job's runtime environment.
     env = {
-        "AIRCAST_STACK__STATE_DIR": str(stack_dir.resolve()),
         "AIRCAST_INFLUX__AGGREGATES_DATABASE": settings.influx.aggregates_database,
         "AIRCAST_INFLUX__PREDICTIONS_DATABASE": settings.influx.predictions_database,
         "AIRCAST_REDIS__KEY_PREFIX": settings.redis.key_prefix,
@@ -72,7 +68,8 @@ def served(
         "AIRCAST_TRAIN__UNITS": "8",
         "AIRCAST_TRAIN__WORKERS": "1",
     }
-    summary = last_json(run_command([str(BIN / "aircast"), "train", "--end", str(end)], env))
+    out = ray_job_submit(ray_session, "python", "-m", "training.job", "--end", str(end), env=env)
+    summary = last_json(out)
     registry = Registry(
         settings.train.registry_dir, redis_client(settings.redis), settings.redis.key_prefix
     )
@@ -85,7 +82,7 @@ def served(
 
 
 @pytest.mark.slow
-def test_aircast_train_registers_and_promotes_a_model_per_series(served: Served) -> None:
+def test_the_training_job_registers_and_promotes_a_model_per_series(served: Served) -> None:
     assert served.summary["series"] == len(SENSORS), served.summary
     assert served.summary["models"] == len(SENSORS), served.summary
     assert set(served.latest) == set(SENSORS)
