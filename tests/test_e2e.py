@@ -62,7 +62,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
             **ANY_PORT_ENV,
             "AIRCAST_SERVE__PORT": str(free_port()),
             "AIRCAST_INGEST__SOURCE": "simulator",
-            "AIRCAST_INGEST__SIMULATOR_SENSORS": "600",
+            "AIRCAST_INGEST__SIMULATOR_SENSORS": "300",
             "AIRCAST_INGEST__SIMULATOR_REFRESH_S": str(INTERVAL_S),
             "AIRCAST_INGEST__INTERVAL_S": str(INTERVAL_S),
             "AIRCAST_INGEST__SCRAPERS": "2",
@@ -93,7 +93,7 @@ def test_readings_reach_influxdb_and_the_api(run: Run) -> None:
     # InfluxDB with its value; the API lists every sensor they came from.
     _after_next_snapshot(settings, 0)
     want = oracle.expected(oracle.raw_records(settings, 0, time.time()))
-    assert len(want) > 600, len(want)  # 600 simulated sensors, most with 2+ values
+    assert len(want) > 300, len(want)  # 300 simulated sensors, most with 2+ values
     deadline = time.monotonic() + 180
     while True:
         have = oracle.stored(settings, want)
