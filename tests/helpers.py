@@ -280,20 +280,32 @@ class AircastRun:
         return self.proc.returncode
 
 
-def run_command(argv: list[str], env: dict[str, str], timeout: float = 600) -> str:
-    """``argv`` run from the checkout with the user's environment plus ``env``; its
-    stdout, or a failure that shows its output."""
+def _succeeded(
+    argv: list[str], env: dict[str, str] | None, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """``argv`` run from the checkout with the user's environment plus ``env``; a
+    failure shows its output."""
     done = subprocess.run(
         argv,
         cwd=REPO,
-        env={**os.environ, **env},
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-4000:]
-    return done.stdout
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return done
+
+
+def run_command(argv: list[str], env: dict[str, str], timeout: float = 600) -> str:
+    """``argv`` as a user types it, with ``env`` added; its stdout (the summary line)."""
+    return _succeeded(argv, env, timeout).stdout
+
+
+def shell(argv: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    """``argv`` as a user types it, with ``env`` added; everything it printed."""
+    done = _succeeded(argv, env, timeout)
+    return done.stdout + done.stderr
 
 
 def ray_job_submit(
@@ -305,17 +317,7 @@ def ray_job_submit(
     runtime = ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
     ray = str(Path(sys.executable).parent / "ray")
     address = ["--address", settings.ray.dashboard_url]
-    done = subprocess.run(
-        [ray, "job", "submit", *address, *runtime, "--", *entrypoint],
-        cwd=REPO,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-4000:]
-    return out
+    return shell([ray, "job", "submit", *address, *runtime, "--", *entrypoint], timeout=timeout)
 
 
 def last_json(output: str) -> dict[str, object]:

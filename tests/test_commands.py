@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,27 +30,11 @@ from aircast.settings import Settings
 from aircast.simulator import FEED_PATH
 
 from .conftest import ANY_PORT_ENV, REPO, unique
-from .helpers import last_json, ray_job_submit, read_topic, seed_daily_cycles
+from .helpers import last_json, ray_job_submit, read_topic, seed_daily_cycles, shell
 from .test_archive import ARCHIVE
 from .test_collect import distinct_points, make_readings, produce_stream
 
 AIRCAST = str(Path(sys.executable).parent / "aircast")
-
-
-def _shell(argv: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> str:
-    """``argv`` run from the checkout with the user's environment; its output, or a
-    failure that shows it."""
-    done = subprocess.run(
-        argv,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out[-4000:]
-    return out
 
 
 def test_ray_job_submit_runs_the_ingest_module_as_written(stack_settings: Settings) -> None:
@@ -98,7 +81,7 @@ def test_aircast_train_says_when_the_span_has_nothing_to_fit(
         "AIRCAST_TRAIN__MEASURES": '["temperature"]',
         "AIRCAST_TRAIN__HISTORY_DAYS": "3",
     }
-    out = _shell([AIRCAST, "train", "--end", str(end)], env)
+    out = shell([AIRCAST, "train", "--end", str(end)], env)
     assert "no aggregates to train on" in out, out[-4000:]
     assert last_json(out) == {"models": 0, "promoted": {}, "seconds": 0.0}, out[-4000:]
     assert not (tmp_path / "models").exists()
@@ -138,7 +121,7 @@ def test_aircast_ingest_once_produces_a_snapshot(
 ) -> None:
     settings, env = own_names
     aircast = str(Path(sys.executable).parent / "aircast")
-    out = _shell(
+    out = shell(
         [aircast, "ingest", "--once", "--source", "simulator", "--scrapers", "2"],
         {
             **env,
@@ -160,7 +143,7 @@ def test_aircast_collect_until_idle_writes_every_reading(
     ensure_topics(settings.kafka)
     readings = make_readings(4, 5, seed=21)
     produce_stream(settings, readings, [], [], chunks=2, pause_s=0)
-    _shell([AIRCAST, "collect", "--actors", "2", "--until-idle", "1"], env)
+    shell([AIRCAST, "collect", "--actors", "2", "--until-idle", "1"], env)
     assert len(distinct_points(settings, settings.influx.raw_database)) == len(readings)
 
 
@@ -170,7 +153,7 @@ def test_aircast_backfill_loads_an_archive_day_and_balances(
     """`aircast backfill` on one real archive day: its report balances (every value
     written or rejected with a reason) and InfluxDB holds what it says it wrote."""
     settings, env = own_names
-    out = _shell(
+    out = shell(
         [
             *(AIRCAST, "backfill", "--archive", str(ARCHIVE)),
             *("--from", "2019-03-02", "--to", "2019-03-02", "--no-dead-letters"),
@@ -220,24 +203,24 @@ def test_aircast_simulate_serves_the_feed_until_ctrl_c() -> None:
 
 def test_aircast_stack_up_status_down_as_commands(tmp_path: Path) -> None:
     env = {"AIRCAST_STACK__STATE_DIR": str(tmp_path / "state"), **ANY_PORT_ENV}
-    out = _shell([AIRCAST, "stack", "up", "--services", "redis,kafka"], env)
+    out = shell([AIRCAST, "stack", "up", "--services", "redis,kafka"], env)
     assert "redis" in out and "kafka" in out
     try:
-        status = _shell([AIRCAST, "stack", "status"], env)
+        status = shell([AIRCAST, "stack", "status"], env)
         assert status.count("yes") == 2, status  # both healthy
     finally:
-        down = _shell([AIRCAST, "stack", "down"], env)
+        down = shell([AIRCAST, "stack", "down"], env)
     assert "stack stopped" in down
-    assert "no stack was up" in _shell([AIRCAST, "stack", "down"], env)
+    assert "no stack was up" in shell([AIRCAST, "stack", "down"], env)
 
 
 def test_aircast_serve_and_serve_down(stack_settings: Settings, stack_dir: Path) -> None:
     port = free_port()
     env = {"AIRCAST_STACK__STATE_DIR": str(stack_dir.resolve()), "AIRCAST_SERVE__PORT": str(port)}
-    out = _shell([AIRCAST, "serve"], env, timeout=600)
+    out = shell([AIRCAST, "serve"], env, timeout=600)
     assert f"http://127.0.0.1:{port}/ui/" in out, out[-3000:]
     health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30)
     assert health.status_code == 200, health.text
-    assert "Serve shut down" in _shell([AIRCAST, "serve", "--down"], env, timeout=300)
+    assert "Serve shut down" in shell([AIRCAST, "serve", "--down"], env, timeout=300)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
