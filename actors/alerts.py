@@ -111,6 +111,7 @@ class Evaluator:
         self.consumer.close()  # auto-commit is off: closing commits nothing
         self.producer.close()
         self.http.close()
+        self.redis.close()
 
     # -- rules ---------------------------------------------------------------------
 

@@ -92,6 +92,12 @@ class HttpSource:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> HttpSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def fetch(self) -> Snapshot | None:
         """The current snapshot, or None when the server says it has not changed."""
         headers: dict[str, str] = {}

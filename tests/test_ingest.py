@@ -111,8 +111,10 @@ def test_simulator_is_deterministic_and_speaks_http() -> None:
         assert httpx.get(server.url.replace("data.json", "x.json")).status_code == 404
         source.close()
     # A dead server is a clear error after the retries, not a hang or a crash.
-    dead = HttpSource(server.url, retries=1, backoff_s=0.01, timeout_s=1)
-    with pytest.raises(SourceError, match="failed after 2 attempts"):
+    with (
+        HttpSource(server.url, retries=1, backoff_s=0.01, timeout_s=1) as dead,
+        pytest.raises(SourceError, match="failed after 2 attempts"),
+    ):
         dead.fetch()
 
 
@@ -208,9 +210,11 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
     keep1, rejected1 = expected(snap1)
     assert rejected1[R.DUPLICATE] > 0 and rejected1[R.ZERO_COORDINATES] > 0
     window = [WINDOW_1]
-    with SimulatorServer(net, clock=lambda: window[0]) as server:
+    with (
+        SimulatorServer(net, clock=lambda: window[0]) as server,
+        HttpSource(server.url, name="simulator") as source,
+    ):
         coordinator = Coordinator(settings)
-        source = HttpSource(server.url, name="simulator")
         first = source.fetch()
         assert first is not None
         counts1 = coordinator.ingest(first)
@@ -229,7 +233,8 @@ def test_every_valid_record_arrives_once_enriched(ray_session: Settings) -> None
         # records already taken are counted as re-sighted, not dead-lettered; what was
         # wrong with the file (bad envelopes, in-file repeats) was lettered the first
         # time and is counted as rejected again, not lettered twice.
-        again = HttpSource(server.url, name="simulator").fetch()
+        with HttpSource(server.url, name="simulator") as repeat:
+            again = repeat.fetch()
         assert again is not None
         counts_again = coordinator.ingest(again)
         assert counts_again.produced == 0
@@ -559,7 +564,8 @@ def test_a_snapshot_is_retaken_while_redis_is_down(
     redis.kill()
     redis.wait()
     with SimulatorServer(net, clock=lambda: WINDOW_1) as server:
-        snapshot = HttpSource(server.url, name="simulator").fetch()
+        with HttpSource(server.url, name="simulator") as once:
+            snapshot = once.fetch()
         assert snapshot is not None
         result: list[Any] = []
 
