@@ -57,21 +57,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     leaks.install()  # after pytest's own unraisable hook is in place (pytest_configure)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    leaks.running(f"{item.nodeid} setup")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_call(item: pytest.Item) -> None:
-    leaks.running(f"{item.nodeid} call")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_teardown(item: pytest.Item) -> None:
-    leaks.running(f"{item.nodeid} teardown")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _leaks_fail_their_own_file() -> Iterator[None]:
     """A socket left open in a reference cycle is found whenever the collector next runs:

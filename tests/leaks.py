@@ -11,6 +11,7 @@ end of each file, so a leak fails the file that made it, not whichever file come
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import traceback
@@ -21,14 +22,8 @@ FRAMES = 20
 PYTEST_ITSELF = ("/_pytest/", "/pluggy/")  # frames left out of a report
 
 _made: dict[int, tuple[str, traceback.StackSummary]] = {}
-_running = ["(no test)"]
 # The hook found when installing (pytest's, which turns the warning into a test error).
 found_by: list[Any] = []
-
-
-def running(phase: str) -> None:
-    """The test phase now running (``tests/x.py::test_y call``)."""
-    _running[0] = phase
 
 
 def install() -> None:
@@ -43,7 +38,8 @@ def install() -> None:
         frames = traceback.StackSummary.extract(
             traceback.walk_stack(sys._getframe(1)), limit=FRAMES, lookup_lines=False
         )
-        _made[id(self)] = (_running[0], frames)
+        # pytest's own note of the test phase running ("tests/x.py::test_y (call)").
+        _made[id(self)] = (os.environ.get("PYTEST_CURRENT_TEST", "no test"), frames)
 
     def forgetting_close(self: socket.socket) -> None:
         _made.pop(id(self), None)

@@ -16,7 +16,9 @@ def test_a_socket_is_noted_while_open_and_forgotten_once_closed() -> None:
     sock = socket.socket()
     made = leaks.maker(sock)
     assert made is not None
-    assert "test_leaks.py::test_a_socket_is_noted_while_open_and_forgotten_once_closed call" in made
+    assert "test_leaks.py::test_a_socket_is_noted_while_open_and_forgotten_once_closed (call)" in (
+        made
+    )
     assert f'test_leaks.py", line {line}' in made
     sock.close()
     assert leaks.maker(sock) is None
