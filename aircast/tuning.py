@@ -177,6 +177,10 @@ JOB_HEALTHY_RUN_S = 600.0
 # (up to 300 s): the stack and the jobs keep running meanwhile, and the status line
 # says when.
 SERVE_REDEPLOY_BACKOFF_S = (10.0, 300.0)
+# A replica told to stop checks for requests still in flight this often (Ray's default:
+# 2 s, waited at least once even when none is): it still waits for every one of them,
+# up to Serve's graceful_shutdown_timeout_s, but an idle replica stops at once.
+SERVE_DRAIN_POLL_S = 0.5
 
 # -- The local stack (aircast stack) ---------------------------------------------------
 

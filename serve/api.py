@@ -241,7 +241,7 @@ def _unprocessable(exc: ValueError) -> HTTPException:
     return HTTPException(422, str(exc))
 
 
-@serve.deployment
+@serve.deployment(graceful_shutdown_wait_loop_s=tuning.SERVE_DRAIN_POLL_S)
 @serve.ingress(app)
 class Api:
     def __init__(

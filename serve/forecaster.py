@@ -37,7 +37,7 @@ def lookback_s(settings: Settings, window: int) -> int:
     return 2 * max(window, settings.train.window) * AGGREGATE_WINDOW_S
 
 
-@serve.deployment
+@serve.deployment(graceful_shutdown_wait_loop_s=tuning.SERVE_DRAIN_POLL_S)
 class Forecaster:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -33,7 +33,7 @@ from serve.forecaster import lookback_s
 log = logging.getLogger(__name__)
 
 
-@serve.deployment(num_replicas=1)
+@serve.deployment(num_replicas=1, graceful_shutdown_wait_loop_s=tuning.SERVE_DRAIN_POLL_S)
 class Refresher:
     # Serve runs an async constructor on the replica's event loop (the refresh task
     # needs that loop); type checkers only know synchronous __init__.
