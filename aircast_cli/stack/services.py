@@ -150,6 +150,9 @@ def ray_head_environment(state_dir: Path) -> dict[str, str]:
         **ray_environment(),
         # A single local node has no traffic to hand over: skip Ray's 30 s SIGTERM drain.
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "1",
+        # Nor a node a cloud can reclaim: Ray Train's preemption watcher (an actor
+        # polling every node, started by each run's controller) has nothing to watch.
+        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
         "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": str(tuning.SERVE_PROXY_READY_TIMEOUT_S),
         "PATH": venv_bin + (os.pathsep + path if path else ""),
         "VIRTUAL_ENV": str(Path(sys.executable).parent.parent),
