@@ -25,7 +25,7 @@ from aircast.records import AGGREGATE_WINDOW_S, Aggregate, Reading
 from aircast.settings import Settings
 
 from .conftest import unique
-from .test_serve_api import RAY_SERVE_WARNINGS, serve_settings
+from .test_serve_api import RAY_SERVE_WARNINGS, delete_app, serve_settings
 
 pytestmark = [RAY_SERVE_WARNINGS]
 
@@ -104,8 +104,6 @@ def seed(settings: Settings) -> int:
 
 @pytest.fixture(scope="module")
 def map_app(ray_session: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MapApp]:
-    from ray import serve
-
     from serve.deploy import deploy
 
     base = serve_settings(ray_session, tmp_path_factory.mktemp("registry"))
@@ -117,7 +115,7 @@ def map_app(ray_session: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     try:
         yield MapApp(settings, urls.base, now)
     finally:
-        serve.shutdown()
+        delete_app()
 
 
 @pytest.fixture()

@@ -33,6 +33,7 @@ from .conftest import ANY_PORT_ENV, REPO, unique
 from .helpers import last_json, ray_job_submit, read_topic, seed_daily_cycles, shell
 from .test_archive import ARCHIVE
 from .test_collect import distinct_points, make_readings, produce_stream
+from .test_serve_api import shut_serve_down
 
 AIRCAST = str(Path(sys.executable).parent / "aircast")
 
@@ -215,6 +216,7 @@ def test_aircast_stack_up_status_down_as_commands(tmp_path: Path) -> None:
 
 
 def test_aircast_serve_and_serve_down(stack_settings: Settings, stack_dir: Path) -> None:
+    shut_serve_down()  # another file's app may have left Serve up on the session stack
     port = free_port()
     env = {"AIRCAST_STACK__STATE_DIR": str(stack_dir.resolve()), "AIRCAST_SERVE__PORT": str(port)}
     out = shell([AIRCAST, "serve"], env, timeout=600)

@@ -23,7 +23,7 @@ from aircast.registry import ModelEntry, Registry
 from aircast.settings import Settings
 
 from .helpers import last_json, ray_job_submit, seed_daily_cycles
-from .test_serve_api import RAY_SERVE_WARNINGS, serve_settings
+from .test_serve_api import RAY_SERVE_WARNINGS, delete_app, serve_settings
 
 pytestmark = [
     RAY_SERVE_WARNINGS,
@@ -43,8 +43,6 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(ray_session: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    from ray import serve
-
     from serve.deploy import deploy
 
     tmp = tmp_path_factory.mktemp("forecast-serve")
@@ -78,7 +76,7 @@ def served(ray_session: Settings, tmp_path_factory: pytest.TempPathFactory) -> I
     try:
         yield Served(urls.base, summary, latest)
     finally:
-        serve.shutdown()
+        delete_app()
 
 
 @pytest.mark.slow

@@ -45,8 +45,53 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The port Serve's proxy was last started on in this test process.
+_proxy_port: list[int] = []
+
+
+def serve_port() -> int:
+    """The port for this module's app: the port of the Serve proxy already up in this
+    session, else a free one. Serve (its controller and proxy) starts at a session's
+    first deploy and stays up: each module deploys its app over the last one and deletes
+    it at its end (:func:`delete_app`), instead of shutting Serve down for the next
+    module to start again (seconds each way). A test that takes Serve down leaves the
+    next module a fresh start, on a fresh port."""
+    import ray
+    from ray import serve
+
+    assert ray.is_initialized(), "serve_port() needs this process connected (ray_session)"
+    try:
+        up = bool(serve.status().proxies)
+    except Exception:  # a controller shut down from another process: not up
+        up = False
+    if not (up and _proxy_port):
+        _proxy_port[:] = [free_port()]
+    return _proxy_port[0]
+
+
+def shut_serve_down() -> None:
+    """Serve off in this session, if this process had it up (:func:`serve_port`): for a
+    test that starts Serve itself, on a port of its own."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        serve.shutdown()  # type: ignore[no-untyped-call]  # unannotated in Ray Serve
+
+
+def delete_app() -> None:
+    """Delete this module's app (waits until it is gone), leaving Serve up."""
+    from ray import serve
+
+    from serve.app import APP_NAME
+
+    if APP_NAME in serve.status().applications:
+        serve.delete(APP_NAME)
+
+
 def serve_settings(base: Settings, registry_dir: Path) -> Settings:
-    """``base`` with fresh databases, key prefix, registry folder and a free HTTP port."""
+    """``base`` with fresh databases, key prefix and registry folder, on the session's
+    Serve port (:func:`serve_port`)."""
     tag = unique("serve")
     return base.model_copy(
         update={
@@ -61,7 +106,7 @@ def serve_settings(base: Settings, registry_dir: Path) -> Settings:
             "train": base.train.model_copy(update={"registry_dir": registry_dir}),
             "serve": base.serve.model_copy(
                 update={
-                    "port": free_port(),
+                    "port": serve_port(),
                     "admin_token": SecretStr(ADMIN),
                     "sensors_cache_s": 0.0,
                     # No per-replica memo: tests delete cached forecasts and expect a miss.
@@ -139,8 +184,6 @@ class App:
 
 @pytest.fixture(scope="module")
 def app(ray_session: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
-    from ray import serve
-
     from serve.deploy import deploy
 
     settings = serve_settings(ray_session, tmp_path_factory.mktemp("registry"))
@@ -149,7 +192,7 @@ def app(ray_session: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         yield App(settings, urls.base, seeded)
     finally:
-        serve.shutdown()
+        delete_app()
 
 
 @pytest.fixture()

@@ -25,7 +25,7 @@ from aircast.registry import ModelEntry, Registry
 from aircast.settings import Settings
 
 from . import test_map_network as net
-from .test_serve_api import RAY_SERVE_WARNINGS, serve_settings
+from .test_serve_api import RAY_SERVE_WARNINGS, delete_app, serve_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, RAY_SERVE_WARNINGS]
 
@@ -55,8 +55,6 @@ class MapApp:
 def app(ray_session: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MapApp]:
     """The Serve app over empty (but existing) databases; the network is written by
     the ``network`` fixture, so the first tests see a deployment with no sensors."""
-    from ray import serve
-
     from serve.deploy import deploy
 
     settings = serve_settings(ray_session, tmp_path_factory.mktemp("registry"))
@@ -66,7 +64,7 @@ def app(ray_session: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         yield MapApp(settings, urls.base)
     finally:
-        serve.shutdown()  # type: ignore[no-untyped-call]  # unannotated in Ray Serve
+        delete_app()
 
 
 @pytest.fixture(scope="module")
