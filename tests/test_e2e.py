@@ -42,7 +42,9 @@ from .helpers import AircastRun
 
 pytestmark = [pytest.mark.slow, pytest.mark.flink]
 
-INTERVAL_S = 10
+# A snapshot every 5 s. A drill's span is whole snapshots: the one it kills in, one while
+# the victim restarts, one after. So the cadence sets most of each drill's length.
+INTERVAL_S = 5
 SNAPSHOT = re.compile(r"snapshot ingested source=\S+ records=(\d+) produced=(\d+)")
 
 
