@@ -98,6 +98,34 @@ class Job:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def kill_with_a_transaction_open(self, topics: list[str], timeout_s: float = 60.0) -> int:
+        """SIGKILL the whole job (driver, JVM, Python workers) at a moment its JVM holds
+        an open transaction on the broker: records written, no marker yet. A kill between
+        a commit and the next record would leave the restart nothing to abort, and prove
+        nothing. The JVM is frozen (SIGSTOP) while the topics are read, so it commits
+        nothing meanwhile; the second read, 0.3 s later, lets a commit already on the wire
+        land first. Returns how many records were open."""
+        assert self.proc is not None
+        self.track_children()
+        (jvm,) = [c for c in self.children if "java" in c.name()]
+        k = self.settings.kafka
+        deadline = time.monotonic() + timeout_s
+        while True:
+            jvm.suspend()
+            opened = sum(read_committed_by_markers(k, t).open for t in topics)
+            if opened:
+                time.sleep(0.3)
+                opened = sum(read_committed_by_markers(k, t).open for t in topics)
+            if opened:
+                self.kill_now()
+                assert self.proc.wait(timeout=90) == -signal.SIGKILL
+                _, alive = psutil.wait_procs(self.children, timeout=60)
+                assert not alive, f"left behind: {alive}"
+                return opened
+            jvm.resume()
+            assert time.monotonic() < deadline, f"no transaction open in {timeout_s} s"
+            time.sleep(0.1)
+
 
 def job_settings(
     stack: Settings,
@@ -492,9 +520,12 @@ def test_killed_job_resumes_from_checkpoint_without_loss_or_repeats(
         job.track_children()
         feeder = threading.Thread(target=feed, args=(messages[200:],), daemon=True)
         feeder.start()
-        time.sleep(2.0)  # mid-stream, with transactions open
+        time.sleep(2.0)  # mid-stream
         assert feeder.is_alive()
-        assert job.stop(signal.SIGKILL) == -signal.SIGKILL  # and its JVM went with it
+        k = settings.kafka
+        assert job.kill_with_a_transaction_open(
+            [k.readings_topic, k.dead_letter_topic, k.aggregates_topic]
+        )
         assert "checkpoint completed" in job.text()
         # What the killed run left behind (its mini-cluster's folders) is in the job's
         # own temporary folder, not /tmp ...
@@ -530,8 +561,11 @@ def test_killed_job_resumes_from_checkpoint_without_loss_or_repeats(
         assert len(list(tmp.glob("flink-table-planner_*.jar"))) == 1
     finally:
         stop_feeding.set()
-        code = job.stop() if job.proc and job.proc.poll() is None else None
-    assert code == 0, job.text()[-3000:]
+        # kill -9 on the driver alone: its JVM exits with it (flink/job.py: the JVM
+        # watches the driver's pipe), and Job.stop asserts no process of the job is
+        # left. Everything was committed during the settle above.
+        code = job.stop(signal.SIGKILL) if job.proc and job.proc.poll() is None else None
+    assert code == -signal.SIGKILL, job.text()[-3000:]
     resumed = job.text().split("flink job starting")[-1]
     assert "resume_from=" in resumed and "/chk-" in resumed.split("resume_from=")[1][:300]
 
