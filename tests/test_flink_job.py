@@ -572,7 +572,6 @@ def test_killed_job_resumes_from_checkpoint_without_loss_or_repeats(
     # The committed view decided from the log's own transaction markers, not from the
     # broker's aborted-transaction list (which tansu leaves empty, so its read_committed
     # readers also get aborted records): a repeat here is one the job committed twice.
-    k = settings.kafka
     logs = {
         name: read_committed_by_markers(k, topic)
         for name, topic in (

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from schemathesis.checks import not_a_server_error
 
 from aircast.cache import key, redis_client
 from aircast.influx import InfluxV1
+from aircast.localhost import free_port
 from aircast.records import AGGREGATE_WINDOW_S, Aggregate, Reading
 from aircast.registry import ModelEntry, Registry
 from aircast.settings import Settings
@@ -37,12 +37,6 @@ RAY_SERVE_WARNINGS = pytest.mark.filterwarnings(
     ":pydantic.warnings.PydanticDeprecatedSince20"
 )
 pytestmark = [RAY_SERVE_WARNINGS]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # The port Serve's proxy was last started on in this test process.
